@@ -1,0 +1,35 @@
+"""so_opt: second-order and line-search optimization of neural networks in JAX.
+
+Every optimizer is an ``optax.GradientTransformationExtraArgs``; see the README
+and ``DESIGN.md`` for the contract (``value``, ``grad``, ``value_fn`` extra
+arguments, cost counters, status codes).
+"""
+
+from importlib import metadata as _metadata
+
+# --- shared vocabulary -------------------------------------------------------
+from so_opt._src.base import Costs as Costs
+from so_opt._src.base import Status as Status
+from so_opt._src.base import StatusCode as StatusCode
+from so_opt._src.base import costs as costs
+from so_opt._src.base import status as status
+
+# --- curvature and linear algebra (issue 3) ----------------------------------
+from so_opt._src.curvature import ggn_vp as ggn_vp
+from so_opt._src.curvature import hvp as hvp
+
+# --- line searches and adaptive rates (issues 2, 4) --------------------------
+from so_opt._src.armijo import ArmijoState as ArmijoState
+from so_opt._src.armijo import armijo_sgd as armijo_sgd
+from so_opt._src.armijo import scale_by_armijo as scale_by_armijo
+
+# --- quasi-Newton and the full-batch driver (issue 5) ------------------------
+
+# --- Newton's family (issue 6) -----------------------------------------------
+
+# --- Flax NNX glue (issue 2) -------------------------------------------------
+
+try:
+    __version__ = _metadata.version("so-opt")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,184 @@
+"""Shared vocabulary of so_opt: tree aliases, cost counters and step status.
+
+Every so_opt optimizer state carries a :class:`Costs` record of the work the
+optimizer itself performed (line-search trials, extra gradients, curvature
+products) and a :class:`Status` code. The gradient handed to ``update`` by the
+caller is *not* counted by the optimizer: the loop that computed it (the
+caller, :func:`so_opt.minimize` or the study runner) adds its own evaluations.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+Updates = Any
+PyTree = Any
+
+COUNTER_DTYPE = jnp.int32
+
+
+class Costs(NamedTuple):
+    """Work counters kept in an optimizer state.
+
+    Attributes:
+      value_evals: evaluations of ``value_fn`` (a forward pass each).
+      grad_evals: evaluations of the gradient (a forward and a backward pass).
+      hvp_evals: Hessian- or Gauss-Newton-vector products.
+    """
+
+    value_evals: jax.Array
+    grad_evals: jax.Array
+    hvp_evals: jax.Array
+
+
+def zero_costs() -> Costs:
+    """Returns a :class:`Costs` record with all counters at zero."""
+    zero = jnp.zeros((), COUNTER_DTYPE)
+    return Costs(zero, zero, zero)
+
+
+def add_costs(
+    costs: Costs, value_evals: Any = 0, grad_evals: Any = 0, hvp_evals: Any = 0
+) -> Costs:
+    """Returns ``costs`` with the given counts added, keeping the counter dtype."""
+    return Costs(
+        costs.value_evals + jnp.asarray(value_evals, COUNTER_DTYPE),
+        costs.grad_evals + jnp.asarray(grad_evals, COUNTER_DTYPE),
+        costs.hvp_evals + jnp.asarray(hvp_evals, COUNTER_DTYPE),
+    )
+
+
+def costs(state: PyTree) -> Costs:
+    """Sums every :class:`Costs` record found in an optimizer state.
+
+    Works on a single so_opt state and on states nested in ``optax.chain``,
+    ``optax.inject_hyperparams`` and similar wrappers. A state with no so_opt
+    component gives zeros.
+
+    Args:
+      state: any optimizer state pytree.
+
+    Returns:
+      A :class:`Costs` with the summed counters.
+
+    Examples:
+      >>> import jax.numpy as jnp, so_opt
+      >>> opt = so_opt.armijo_sgd()
+      >>> int(so_opt.costs(opt.init(jnp.zeros(3))).value_evals)
+      0
+    """
+    found = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(
+            state, is_leaf=lambda x: isinstance(x, Costs)
+        )
+        if isinstance(leaf, Costs)
+    ]
+    total = zero_costs()
+    for record in found:
+        total = add_costs(total, *record)
+    return total
+
+
+class StatusCode(enum.IntEnum):
+    """Outcome of an optimizer step or of a :func:`so_opt.minimize` run."""
+
+    RUNNING = 0
+    CONVERGED = 1
+    MAX_STEPS = 2
+    LINE_SEARCH_FAILED = 3
+    NON_FINITE = 4
+    CURVATURE_FAILED = 5
+
+
+class Status(NamedTuple):
+    """Status of the latest step of an so_opt optimizer (a :class:`StatusCode`).
+
+    Attributes:
+      code: int32 scalar; ``StatusCode.RUNNING`` when the last step went well.
+    """
+
+    code: jax.Array
+
+
+def ok_status() -> Status:
+    """Returns a :class:`Status` holding ``StatusCode.RUNNING``."""
+    return Status(jnp.asarray(int(StatusCode.RUNNING), COUNTER_DTYPE))
+
+
+def make_status(code: Any) -> Status:
+    """Wraps an int (or traced int) status code with the counter dtype."""
+    return Status(jnp.asarray(code, COUNTER_DTYPE))
+
+
+def status(state: PyTree) -> jax.Array:
+    """Returns the worst (largest) :class:`StatusCode` found in a state.
+
+    Args:
+      state: any optimizer state pytree.
+
+    Returns:
+      An int32 scalar; ``StatusCode.RUNNING`` (0) when no component failed or
+      when the state holds no so_opt component.
+    """
+    codes = [
+        leaf.code
+        for leaf in jax.tree_util.tree_leaves(
+            state, is_leaf=lambda x: isinstance(x, Status)
+        )
+        if isinstance(leaf, Status)
+    ]
+    worst = jnp.zeros((), COUNTER_DTYPE)
+    for code in codes:
+        worst = jnp.maximum(worst, code)
+    return worst
+
+
+def extra_arg(extra_args: dict[str, Any], name: str, caller: str) -> Any:
+    """Fetches a required extra argument of ``update`` or raises a clear error."""
+    if name not in extra_args or extra_args[name] is None:
+        given = sorted(extra_args) or "none"
+        raise TypeError(
+            f"`{caller}` needs the extra argument `{name}=` in `update`; "
+            f"received extra arguments: {given}."
+        )
+    return extra_args[name]
+
+
+def check_float_params(params: PyTree, name: str = "params") -> None:
+    """Raises ``TypeError`` unless every leaf of ``params`` is floating point."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError(f"`{name}` must hold at least one array, got {params!r}.")
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"`{name}` must hold floating-point arrays, got a leaf of dtype "
+                f"{dtype}."
+            )
+
+
+def check_in_open_interval(value: float, name: str, low: float, high: float) -> None:
+    """Raises ``ValueError`` unless ``low < value < high``."""
+    if not low < value < high:
+        raise ValueError(f"`{name}` must be in ({low}, {high}), got {value}.")
+
+
+def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
+    """Raises ``ValueError`` unless ``value > 0`` (or ``>= 0`` if allowed)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be {bound}, got {value}.")
+
+
+def check_int_at_least(value: int, name: str, low: int) -> None:
+    """Raises ``ValueError`` unless ``value`` is an int with ``value >= low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
