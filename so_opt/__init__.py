@@ -17,6 +17,8 @@ from so_opt._src.base import status as status
 # --- curvature and linear algebra (issue 3) ----------------------------------
 from so_opt._src.curvature import ggn_vp as ggn_vp
 from so_opt._src.curvature import hvp as hvp
+from so_opt._src.curvature import linearize_ggn as linearize_ggn
+from so_opt._src.curvature import linearize_hvp as linearize_hvp
 
 # --- line searches and adaptive rates (issues 2, 4) --------------------------
 from so_opt._src.armijo import ArmijoState as ArmijoState

@@ -28,8 +28,9 @@ class ArmijoState(NamedTuple):
     status: base.Status
 
 
-def _armijo_search(value_fn, params, direction, value, slope, initial, c1, shrink,
-                   max_backtracks):
+def _armijo_search(
+    value_fn, params, direction, value, slope, initial, c1, shrink, max_backtracks
+):
     """Backtracks from ``initial`` until sufficient decrease holds.
 
     Returns the accepted learning rate (0 if none), the trials used and a flag.
@@ -124,7 +125,14 @@ def scale_by_armijo(
         value = jnp.asarray(value)
         slope = otu.tree_vdot(grad, updates)
         rate, trials, accepted = _armijo_search(
-            value_fn, params, updates, value, slope, learning_rate, c1, shrink,
+            value_fn,
+            params,
+            updates,
+            value,
+            slope,
+            learning_rate,
+            c1,
+            shrink,
             max_backtracks,
         )
         code = jnp.where(
@@ -183,5 +191,3 @@ def armijo_sgd(
         optax.scale(-1.0),
         scale_by_armijo(learning_rate, c1, shrink, max_backtracks),
     )
-
-
