@@ -50,7 +50,7 @@ def rosenbrock(
     Examples:
       >>> from so_opt import problems
       >>> p = problems.rosenbrock(n=2)
-      >>> float(p.loss(p.init_params(0), None))  # 100 * (1 - 1.44)^2 + 2.2^2
+      >>> round(float(p.loss(p.init_params(0), None)), 6)  # 100 (1 - 1.44)^2 + 2.2^2
       24.2
     """
     if form not in FORMS:
