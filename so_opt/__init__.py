@@ -28,6 +28,13 @@ from so_opt._src.armijo import scale_by_armijo as scale_by_armijo
 # --- quasi-Newton and the full-batch driver (issue 5) ------------------------
 
 # --- Newton's family (issue 6) -----------------------------------------------
+from so_opt._src.cg import CGReason as CGReason
+from so_opt._src.cg import CGResult as CGResult
+from so_opt._src.cg import truncated_cg as truncated_cg
+from so_opt._src.hessian_free import HessianFreeState as HessianFreeState
+from so_opt._src.hessian_free import hessian_free as hessian_free
+from so_opt._src.newton import NewtonState as NewtonState
+from so_opt._src.newton import newton as newton
 
 # --- Flax NNX glue (issue 2) -------------------------------------------------
 
