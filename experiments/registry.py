@@ -1,0 +1,145 @@
+"""The optimizers the studies know, by name, with declared tuning grids.
+
+Each :class:`Method` builds an optax transformation from hyperparameters and
+the run's context (step budget, steps per epoch), says in which regimes it
+makes sense, and how the runner must drive it. Later methods join by adding
+an entry here; :func:`get` and :func:`names` are all the studies use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import optax
+
+import so_opt
+
+Context = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered optimizer.
+
+    Attributes:
+      name: registry name.
+      make: ``make(hparams, context) -> optax transformation``; ``context``
+        has ``max_steps`` and ``steps_per_epoch``.
+      regimes: the regimes it is run in (``"full"``, ``"minibatch"``).
+      defaults: hyperparameters used when not tuned.
+      grid: declared tuning grid, ``{name: [values]}`` (empty: nothing to tune).
+      description: one line for reports.
+      value_and_grad: runner mode, ``"fresh"`` or ``"from_state"``.
+      extra_arg_names: closures passed to ``update`` (``None``: all).
+      peer_grad_evals: for peers without so_opt counters, ``state -> grads``
+        spent inside the last update.
+    """
+
+    name: str
+    make: Callable[[dict[str, Any], Context], optax.GradientTransformation]
+    regimes: tuple[str, ...]
+    defaults: dict[str, Any]
+    grid: dict[str, list[Any]]
+    description: str
+    value_and_grad: str = "fresh"
+    extra_arg_names: tuple[str, ...] | None = None
+    peer_grad_evals: Callable[[Any], Any] | None = None
+
+    def build(
+        self, hparams: dict[str, Any] | None, context: Context
+    ) -> optax.GradientTransformation:
+        """The optimizer with ``defaults`` updated by ``hparams``."""
+        return self.make({**self.defaults, **(hparams or {})}, context)
+
+
+def _annealed_sgd(h: dict[str, Any], ctx: Context) -> optax.GradientTransformation:
+    # Cosine annealing to zero over the run's step budget (Loshchilov & Hutter).
+    schedule = optax.cosine_decay_schedule(h["learning_rate"], ctx["max_steps"])
+    return optax.sgd(schedule)
+
+
+def _zoom_steps(state: Any) -> Any:
+    # optax's zoom line search evaluates value and gradient once per step.
+    return optax.tree_utils.tree_get(state, "num_linesearch_steps")
+
+
+_LR_GRID = [0.03, 0.1, 0.3, 1.0]
+
+_METHODS = [
+    Method(
+        name="sgd",
+        make=lambda h, ctx: optax.sgd(h["learning_rate"]),
+        regimes=("full", "minibatch"),
+        defaults={"learning_rate": 0.3},
+        grid={"learning_rate": _LR_GRID},
+        description="gradient descent, fixed learning rate",
+    ),
+    Method(
+        name="sgd_annealed",
+        make=_annealed_sgd,
+        regimes=("full", "minibatch"),
+        defaults={"learning_rate": 0.3},
+        grid={"learning_rate": _LR_GRID},
+        description="gradient descent, cosine-annealed learning rate",
+    ),
+    Method(
+        name="adam",
+        make=lambda h, ctx: optax.adam(h["learning_rate"]),
+        regimes=("full", "minibatch"),
+        defaults={"learning_rate": 0.01},
+        grid={"learning_rate": [0.001, 0.003, 0.01, 0.03]},
+        description="Adam (optax)",
+    ),
+    Method(
+        name="optax_lbfgs",
+        make=lambda h, ctx: optax.lbfgs(memory_size=h["memory_size"]),
+        regimes=("full",),
+        defaults={"memory_size": 10},
+        grid={},
+        description="L-BFGS with zoom line search (optax, peer)",
+        value_and_grad="from_state",
+        extra_arg_names=("value_fn",),
+        peer_grad_evals=_zoom_steps,
+    ),
+    Method(
+        name="armijo_sgd",
+        make=lambda h, ctx: so_opt.armijo_sgd(
+            learning_rate=h["learning_rate"], c1=h["c1"], shrink=h["shrink"]
+        ),
+        regimes=("full",),
+        defaults={"learning_rate": 1.0, "c1": 1e-4, "shrink": 0.5},
+        grid={},
+        description="gradient descent with Armijo backtracking (so_opt)",
+    ),
+]
+
+# --- line searches and adaptive rates (issue 4) ------------------------------
+_METHODS += []
+
+# --- quasi-Newton (issue 5) ---------------------------------------------------
+_METHODS += []
+
+# --- Newton's family (issue 6) ------------------------------------------------
+_METHODS += []
+
+REGISTRY: dict[str, Method] = {m.name: m for m in _METHODS}
+
+
+def names(regime: str | None = None) -> list[str]:
+    """Registered method names (those run in ``regime``, if given), sorted."""
+    return sorted(n for n, m in REGISTRY.items() if regime in (None, *m.regimes))
+
+
+def get(name: str) -> Method:
+    """The method registered under ``name``.
+
+    Raises:
+      ValueError: for an unknown name; the message lists the valid ones.
+    """
+    if name not in REGISTRY:
+        raise ValueError(
+            f"Unknown optimizer {name!r}; valid optimizers are: {', '.join(names())}."
+        )
+    return REGISTRY[name]
