@@ -35,6 +35,9 @@ class Method:
       extra_arg_names: closures passed to ``update`` (``None``: all).
       peer_grad_evals: for peers without so_opt counters, ``state -> grads``
         spent inside the last update.
+      skip_reason: ``skip_reason(problem) -> str | None``: why the method
+        cannot run on a problem (e.g. its dense Hessian would not fit in
+        memory), or ``None`` when it can. The study skips it and says why.
     """
 
     name: str
@@ -46,6 +49,7 @@ class Method:
     value_and_grad: str = "fresh"
     extra_arg_names: tuple[str, ...] | None = None
     peer_grad_evals: Callable[[Any], Any] | None = None
+    skip_reason: Callable[[Any], str | None] | None = None
 
     def build(
         self, hparams: dict[str, Any] | None, context: Context
