@@ -26,6 +26,18 @@ from so_opt._src.armijo import armijo_sgd as armijo_sgd
 from so_opt._src.armijo import scale_by_armijo as scale_by_armijo
 
 # --- quasi-Newton and the full-batch driver (issue 5) ------------------------
+from so_opt._src.bfgs import BFGSState as BFGSState
+from so_opt._src.bfgs import bfgs as bfgs
+from so_opt._src.lbfgs import LBFGSState as LBFGSState
+from so_opt._src.lbfgs import lbfgs as lbfgs
+from so_opt._src.minimize import MinimizeResult as MinimizeResult
+from so_opt._src.minimize import minimize as minimize
+from so_opt._src.wolfe import ValueGradCache as ValueGradCache
+from so_opt._src.wolfe import WolfeResult as WolfeResult
+from so_opt._src.wolfe import WolfeState as WolfeState
+from so_opt._src.wolfe import scale_by_wolfe as scale_by_wolfe
+from so_opt._src.wolfe import value_and_grad_from_state as value_and_grad_from_state
+from so_opt._src.wolfe import wolfe_line_search as wolfe_line_search
 
 # --- Newton's family (issue 6) -----------------------------------------------
 from so_opt._src.cg import CGReason as CGReason

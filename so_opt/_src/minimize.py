@@ -1,0 +1,247 @@
+"""Full-batch driver: any contract-following optimizer in one ``lax.while_loop``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree_utils as otu
+
+from so_opt._src import base
+from so_opt._src import wolfe as wolfe_lib
+
+# Wrapping makes a new object; caching it keeps the compiled loop reusable.
+_with_extra_args = functools.lru_cache(maxsize=64)(optax.with_extra_args_support)
+
+# Codes at or above this one, found in an optimizer state, stop the run.
+_FIRST_FAILURE = base.StatusCode.LINE_SEARCH_FAILED
+
+
+class MinimizeResult(NamedTuple):
+    """Result of :func:`minimize`.
+
+    Attributes:
+      params: last params with a finite value and gradient.
+      value: loss at ``params``.
+      grad_norm: Euclidean norm of the gradient at ``params``.
+      num_steps: optimizer updates accepted.
+      status: a :class:`so_opt.StatusCode` (int32): ``CONVERGED``,
+        ``MAX_STEPS``, ``LINE_SEARCH_FAILED``, ``NON_FINITE`` or another
+        failure code reported by the optimizer.
+      costs: the optimizer's counters plus the driver's own evaluations.
+      state: final optimizer state.
+      history: loss at the start and after each step, length
+        ``max_steps + 1``, NaN past the end; ``None`` unless requested.
+    """
+
+    params: base.Params
+    value: jax.Array
+    grad_norm: jax.Array
+    num_steps: jax.Array
+    status: jax.Array
+    costs: base.Costs
+    state: base.PyTree
+    history: jax.Array | None
+
+
+class _Carry(NamedTuple):
+    params: base.Params
+    state: base.PyTree
+    value: jax.Array
+    grad: base.PyTree
+    grad_norm: jax.Array
+    step: jax.Array
+    status: jax.Array
+    driver_evals: jax.Array
+    history: jax.Array | None
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
+    """One optimizer step, with the checks that decide whether to go on."""
+    updates, state = optimizer.update(
+        carry.grad,
+        carry.state,
+        carry.params,
+        value=carry.value,
+        grad=carry.grad,
+        value_fn=fun,
+    )
+    params = optax.apply_updates(carry.params, updates)
+    value, grad, reused = wolfe_lib.value_and_grad_from_state(
+        fun, params, updates, state
+    )
+    grad = otu.tree_cast_like(grad, carry.grad)
+    value = jnp.asarray(value).astype(carry.value.dtype)
+    grad_norm = otu.tree_norm(grad)
+
+    # Reject a step that leaves the finite region; stop on optimizer failure.
+    opt_code = base.status(state)
+    failed = opt_code >= _FIRST_FAILURE
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _all_finite(params)
+    take = finite & ~failed
+    step = carry.step + take.astype(carry.step.dtype)
+    code = jnp.select(
+        [failed, ~finite, grad_norm <= gtol, step >= max_steps],
+        [
+            opt_code,
+            base.StatusCode.NON_FINITE,
+            base.StatusCode.CONVERGED,
+            base.StatusCode.MAX_STEPS,
+        ],
+        base.StatusCode.RUNNING,
+    ).astype(carry.status.dtype)
+    if verbose:
+        jax.debug.print(
+            "so_opt.minimize: step {s} value {v} grad norm {g} status {c}",
+            s=step,
+            v=value,
+            g=grad_norm,
+            c=code,
+        )
+
+    keep = lambda new, old: otu.tree_where(take, new, old)
+    history = carry.history
+    if history is not None:
+        history = history.at[step].set(jnp.where(take, value, history[step]))
+    return _Carry(
+        params=keep(params, carry.params),
+        state=state,
+        value=keep(value, carry.value),
+        grad=keep(grad, carry.grad),
+        grad_norm=keep(grad_norm, carry.grad_norm),
+        step=step,
+        status=code,
+        driver_evals=carry.driver_evals + (~reused).astype(carry.driver_evals.dtype),
+        history=history,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("fun", "optimizer", "max_steps", "record_history", "verbose"),
+)
+def _run(fun, params, optimizer, gtol, max_steps, record_history, verbose):
+    """The jit-compiled loop behind :func:`minimize`."""
+    value, grad = jax.value_and_grad(fun)(params)
+    value = jnp.asarray(value)
+    grad_norm = otu.tree_norm(grad)
+    history = None
+    if record_history:
+        history = jnp.full((max_steps + 1,), jnp.nan, value.dtype).at[0].set(value)
+    start_code = jnp.select(
+        [~jnp.isfinite(value) | ~jnp.isfinite(grad_norm), grad_norm <= gtol],
+        [base.StatusCode.NON_FINITE, base.StatusCode.CONVERGED],
+        base.StatusCode.RUNNING,
+    )
+    carry = _Carry(
+        params=params,
+        state=optimizer.init(params),
+        value=value,
+        grad=grad,
+        grad_norm=grad_norm,
+        step=jnp.zeros((), base.COUNTER_DTYPE),
+        status=jnp.asarray(start_code, base.COUNTER_DTYPE),
+        driver_evals=jnp.ones((), base.COUNTER_DTYPE),
+        history=history,
+    )
+    body = functools.partial(
+        _body,
+        fun=fun,
+        optimizer=optimizer,
+        max_steps=max_steps,
+        gtol=gtol,
+        verbose=verbose,
+    )
+    cond = lambda c: c.status == base.StatusCode.RUNNING
+    final = jax.lax.while_loop(cond, body, carry)
+    costs = base.add_costs(base.costs(final.state), grad_evals=final.driver_evals)
+    return MinimizeResult(
+        params=final.params,
+        value=final.value,
+        grad_norm=final.grad_norm,
+        num_steps=final.step,
+        status=final.status,
+        costs=costs,
+        state=final.state,
+        history=final.history,
+    )
+
+
+def minimize(
+    fun: Callable[[base.Params], jax.Array],
+    params: base.Params,
+    optimizer: optax.GradientTransformation,
+    *,
+    max_steps: int = 1000,
+    gtol: float = 1e-6,
+    record_history: bool = False,
+    verbose: bool = False,
+) -> MinimizeResult:
+    r"""Runs an optimizer on a full-batch loss until convergence, all under ``jit``.
+
+    Starting from :math:`x_0`, each step calls
+    ``optimizer.update(g, state, x, value=f(x), grad=g, value_fn=fun)`` and
+    applies the updates, until
+
+    .. math::
+      \|\nabla f(x_t)\|_2 \le \texttt{gtol} \quad\text{or}\quad
+      t = \texttt{max\_steps},
+
+    or the optimizer reports a failure in its state (``so_opt.status``), or
+    a step reaches a non-finite loss, gradient or params (the step is then
+    not taken: the result keeps the last finite point). The whole loop is
+    one ``jax.lax.while_loop`` in one compiled function; repeated calls with
+    the same ``fun`` and ``optimizer`` objects reuse the compilation.
+
+    Evaluations: the driver computes the value and gradient at the start and
+    after each step, except when the optimizer's state holds them for the
+    new point (so_opt's line searches do; see
+    :func:`so_opt.value_and_grad_from_state`). Plain optax transforms
+    (``optax.sgd``) are wrapped with ``optax.with_extra_args_support``, so
+    they ignore the extra arguments.
+
+    Args:
+      fun: loss of the params, returning a scalar; must be hashable (a
+        function), as it is a static argument of the compiled loop.
+      params: initial params, a pytree of floating arrays.
+      optimizer: an optax ``GradientTransformation`` (so_opt or optax).
+      max_steps: most optimizer updates, >= 1.
+      gtol: stop when the gradient's Euclidean norm is at most this, >= 0.
+      record_history: keep the loss after every step in ``history``.
+      verbose: print one line per step with ``jax.debug.print``.
+
+    Returns:
+      A :class:`MinimizeResult`.
+
+    Raises:
+      ValueError: for ``max_steps`` < 1, negative ``gtol`` or empty params.
+      TypeError: for params that are not floating point.
+
+    Examples:
+      >>> import jax.numpy as jnp, so_opt
+      >>> f = lambda x: jnp.sum((x - 1.0) ** 2)
+      >>> res = so_opt.minimize(f, jnp.zeros(2), so_opt.lbfgs(), gtol=1e-8)
+      >>> print(res.params, int(res.num_steps), int(res.status))
+      [1. 1.] 2 1
+
+    References:
+      Nocedal and Wright, *Numerical Optimization*, 2nd ed., Springer, 2006,
+      Chapter 3 (line-search methods and their stopping tests).
+    """
+    base.check_int_at_least(max_steps, "max_steps", 1)
+    base.check_positive(gtol, "gtol", allow_zero=True)
+    base.check_float_params(params)
+    if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        optimizer = _with_extra_args(optimizer)
+    return _run(
+        fun, params, optimizer, gtol, max_steps, bool(record_history), bool(verbose)
+    )
