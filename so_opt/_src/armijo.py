@@ -1,8 +1,16 @@
-"""Gradient descent with Armijo backtracking line search."""
+"""Gradient descent with an Armijo (or Goldstein) backtracking line search.
+
+One transform, :func:`scale_by_armijo`, covers the deterministic rule (every
+search starts from the largest step) and the stochastic line search of
+Vaswani et al. (2019), where each mini-batch gets its own search and the first
+trial step is carried over from the previous batch by a reset rule.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,81 +19,198 @@ import optax.tree_utils as otu
 
 from so_opt._src import base
 
+RESETS = ("max", "keep", "grow")
+CONDITIONS = ("armijo", "goldstein")
+# Default search depth: shrink until the step is this fraction of the first.
+SMALLEST_FRACTION = 1e-9
+
 
 class ArmijoState(NamedTuple):
     """State of :func:`scale_by_armijo`.
 
     Attributes:
-      learning_rate: step accepted at the last update.
-      num_trials: value evaluations spent by the last line search.
+      learning_rate: step accepted at the last update (0 when none was); the
+        next search starts from it under the ``"keep"`` and ``"grow"`` rules.
+      num_trials: value evaluations spent by the last update.
+      direction_reset: whether the last direction was not a descent direction,
+        so the negative gradient was searched instead.
+      used_fallback: whether the last step is the checked fallback step.
       costs: cumulative work counters.
-      status: ``LINE_SEARCH_FAILED`` when the last search found no step.
+      status: ``LINE_SEARCH_FAILED`` when the last update is zero because no
+        step passed; ``NON_FINITE`` when ``value``, ``grad`` or the direction
+        were not finite.
     """
 
     learning_rate: jax.Array
     num_trials: jax.Array
+    direction_reset: jax.Array
+    used_fallback: jax.Array
     costs: base.Costs
     status: base.Status
 
 
-def _armijo_search(
-    value_fn, params, direction, value, slope, initial, c1, shrink, max_backtracks
-):
-    """Backtracks from ``initial`` until sufficient decrease holds.
+def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
+
+
+def loss_only(value_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+    """Returns ``value_fn`` reduced to its loss when it returns ``(loss, aux)``."""
+    if not has_aux:
+        return value_fn
+    return lambda params: value_fn(params)[0]
+
+
+def _tree_all_finite(tree: base.PyTree) -> jax.Array:
+    """True when every entry of every leaf is finite."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _search(fn, params, direction, value, slope, initial, cap, active, config):
+    """Backtracks (Armijo) or brackets (Goldstein) along ``direction``.
 
     Returns the accepted learning rate (0 if none), the trials used and a flag.
     """
-    dtype = jnp.result_type(value)
+    c1, shrink, max_trials, goldstein = config
+    dtype = value.dtype
 
-    def trial_ok(rate):
-        trial = otu.tree_add_scale(params, rate, direction)
-        trial_value = value_fn(trial)
+    def evaluate(rate):
+        trial_value = fn(otu.tree_add_scale(params, rate, direction))
+        trial_value = jnp.asarray(trial_value, dtype)
         # A non-finite trial fails like any other: it never becomes a step.
-        bound = value + c1 * rate * slope
-        return jnp.isfinite(trial_value) & (trial_value <= bound)
+        armijo = jnp.isfinite(trial_value) & (trial_value <= value + c1 * rate * slope)
+        # Goldstein's lower bound rejects steps that are too short, unless the
+        # step already sits at the upper bound and cannot grow.
+        short = trial_value < value + (1.0 - c1) * rate * slope
+        too_short = goldstein & armijo & short & (rate < cap)
+        return armijo, too_short
 
     def cond(carry):
-        _, trials, accepted = carry
-        return (~accepted) & (trials < max_backtracks + 1)
+        _, _, _, trials, accepted, _ = carry
+        return active & ~accepted & (trials < max_trials)
 
     def body(carry):
-        rate, trials, _ = carry
-        rate = jnp.where(trials > 0, rate * shrink, rate)
-        return rate, trials + 1, trial_ok(rate)
+        rate, low, high, trials, _, _ = carry
+        armijo, too_short = evaluate(rate)
+        low = jnp.where(armijo, rate, low)
+        high = jnp.where(armijo, high, rate)
+        # Expand until the step is bracketed, then bisect the bracket; plain
+        # Armijo never brackets from below, so it only ever shrinks.
+        grown = jnp.where(
+            jnp.isinf(high), jnp.minimum(rate / shrink, cap), 0.5 * (low + high)
+        )
+        cut = jnp.where(low > 0, 0.5 * (low + high), rate * shrink)
+        next_rate = jnp.where(armijo, grown, cut)
+        return next_rate, low, high, trials + 1, armijo & ~too_short, rate
 
-    init = (jnp.asarray(initial, dtype), jnp.zeros((), base.COUNTER_DTYPE), False)
-    rate, trials, accepted = jax.lax.while_loop(cond, body, init)
-    return jnp.where(accepted, rate, jnp.zeros_like(rate)), trials, accepted
+    zero = jnp.zeros((), dtype)
+    init = (
+        jnp.asarray(initial, dtype),
+        zero,
+        jnp.asarray(jnp.inf, dtype),
+        jnp.zeros((), base.COUNTER_DTYPE),
+        jnp.asarray(False),
+        zero,
+    )
+    _, low, _, trials, accepted, rate = jax.lax.while_loop(cond, body, init)
+    # At the trial cap Goldstein falls back on the longest step that passed
+    # the sufficient-decrease half of its test.
+    rate = jnp.where(accepted, rate, low)
+    accepted = active & (rate > 0)
+    return jnp.where(accepted, rate, zero), trials, accepted
+
+
+def default_backtracks(shrink: float) -> int:
+    """Shrinks needed to cut a step to ``SMALLEST_FRACTION`` of the first."""
+    return math.ceil(math.log(SMALLEST_FRACTION) / math.log(shrink))
+
+
+def _initial_rate(previous, learning_rate, cap, reset, growth):
+    """First trial of a search under the chosen reset rule."""
+    # A failed search leaves 0 behind; the next search starts over from the top.
+    previous = jnp.where(previous > 0, previous, learning_rate)
+    if reset == "max":
+        return jnp.minimum(jnp.asarray(learning_rate, previous.dtype), cap)
+    if reset == "keep":
+        return jnp.minimum(previous, cap)
+    return jnp.minimum(previous * growth, cap)
 
 
 def scale_by_armijo(
     learning_rate: float = 1.0,
     c1: float = 1e-4,
     shrink: float = 0.5,
-    max_backtracks: int = 30,
+    max_backtracks: int | None = None,
+    *,
+    reset: str = "max",
+    growth: float = 2.0,
+    max_learning_rate: float | None = None,
+    condition: str = "armijo",
+    fallback_learning_rate: float | None = None,
+    independent_batch: bool = False,
+    has_aux: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scales the descent direction by a step found by Armijo backtracking.
 
-    The incoming ``updates`` are taken as the direction :math:`d` (for plain
-    gradient descent, the negative gradient). Starting from
-    :math:`\eta_0` = ``learning_rate``, the step shrinks by ``shrink`` until
+    The incoming ``updates`` are the direction :math:`d` (for plain gradient
+    descent, the negative gradient). The step starts at :math:`\eta_0` and is
+    multiplied by ``shrink`` :math:`=\beta` until sufficient decrease holds:
 
     .. math::
       f(x + \eta d) \le f(x) + c_1 \eta \langle \nabla f(x), d \rangle .
 
-    A trial whose value is not finite is rejected. If no trial passes within
-    ``max_backtracks`` shrinks, the update is zero and the state's status is
-    ``LINE_SEARCH_FAILED``.
+    With ``condition="goldstein"`` the step must also not be too short,
+    :math:`f(x + \eta d) \ge f(x) + (1 - c_1) \eta \langle \nabla f(x), d
+    \rangle`; the search then expands by :math:`1/\beta` and bisects.
+
+    The first trial :math:`\eta_0` follows ``reset``: ``"max"`` restarts from
+    ``learning_rate`` (deterministic descent); ``"keep"`` reuses the last
+    accepted step; ``"grow"`` multiplies it by ``growth`` (Vaswani et al. use
+    :math:`2^{1/\text{batches per epoch}}`). No trial exceeds
+    ``max_learning_rate``.
+
+    Safeguards: a trial whose value is not finite is rejected; a direction
+    with :math:`\langle \nabla f, d \rangle \ge 0` (e.g. a momentum direction
+    pointing uphill) is replaced by :math:`-\nabla f`; non-finite ``value``,
+    ``grad`` or direction give a zero update with status ``NON_FINITE``. If no
+    trial passes within ``max_backtracks`` shrinks, the optional
+    ``fallback_learning_rate`` is tried and kept only if its value is finite
+    and not above :math:`f(x)`; otherwise the update is zero with status
+    ``LINE_SEARCH_FAILED``. No step is ever taken unchecked.
+
+    Independent search batch: ``value_fn`` may close over a different batch
+    than the one ``grad`` came from. Set ``independent_batch=True`` and the
+    reference :math:`f(x)` is then evaluated with ``value_fn`` (one extra
+    forward pass, counted), so ``value`` is not needed.
 
     Args:
-      learning_rate: initial (and largest) step tried at every update.
-      c1: sufficient-decrease constant in (0, 1).
+      learning_rate: first trial step (and, by default, the largest step).
+      c1: sufficient-decrease constant in (0, 1); in (0, 1/2) for Goldstein.
       shrink: factor in (0, 1) applied after each failed trial.
-      max_backtracks: number of shrinks allowed after the first trial.
+      max_backtracks: number of trials allowed after the first one; None
+        allows enough to shrink the step by 1e-9 (30 for ``shrink=0.5``, 197
+        for ``shrink=0.9``).
+      reset: how a search's first trial follows from the last accepted step:
+        ``"max"``, ``"keep"`` or ``"grow"``.
+      growth: factor >= 1 of the ``"grow"`` rule.
+      max_learning_rate: upper bound on every step; defaults to
+        ``learning_rate``.
+      condition: ``"armijo"`` or ``"goldstein"``.
+      fallback_learning_rate: checked step tried when the search fails; None
+        means a zero update instead.
+      independent_batch: evaluate the reference value with ``value_fn``.
+      has_aux: ``value_fn`` returns ``(loss, aux)``; ``aux`` is ignored.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
-      ``params`` and the extra arguments ``value``, ``grad`` and ``value_fn``.
+      ``params`` and the extra arguments ``grad``, ``value_fn`` and (unless
+      ``independent_batch``) ``value``.
+
+    Raises:
+      ValueError: for a hyperparameter outside its range.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, so_opt
@@ -100,11 +225,37 @@ def scale_by_armijo(
     References:
       Armijo, *Minimization of functions having Lipschitz continuous first
       partial derivatives*, Pacific Journal of Mathematics, 1966.
+
+      Goldstein, *On steepest descent*, SIAM Journal on Control, 1965.
+
+      Vaswani, Mishkin, Laradji, Schmidt, Gidel, Lacoste-Julien, *Painless
+      stochastic gradient: interpolation, line-search, and convergence rates*,
+      NeurIPS 2019.
     """
     base.check_positive(learning_rate, "learning_rate")
-    base.check_in_open_interval(c1, "c1", 0.0, 1.0)
+    _check_choice(condition, "condition", CONDITIONS)
+    if condition == "goldstein":
+        base.check_in_open_interval(c1, "c1", 0.0, 0.5)
+    else:
+        base.check_in_open_interval(c1, "c1", 0.0, 1.0)
     base.check_in_open_interval(shrink, "shrink", 0.0, 1.0)
+    if max_backtracks is None:
+        max_backtracks = default_backtracks(shrink)
     base.check_int_at_least(max_backtracks, "max_backtracks", 0)
+    _check_choice(reset, "reset", RESETS)
+    if not growth >= 1.0:
+        raise ValueError(f"`growth` must be >= 1, got {growth}.")
+    if max_learning_rate is None:
+        max_learning_rate = learning_rate
+    elif not max_learning_rate >= learning_rate:
+        raise ValueError(
+            f"`max_learning_rate` must be >= `learning_rate` ({learning_rate}), "
+            f"got {max_learning_rate}."
+        )
+    if fallback_learning_rate is not None:
+        base.check_positive(fallback_learning_rate, "fallback_learning_rate")
+    caller = "scale_by_armijo"
+    goldstein = condition == "goldstein"
 
     def init_fn(params):
         base.check_float_params(params)
@@ -112,39 +263,77 @@ def scale_by_armijo(
         return ArmijoState(
             learning_rate=jnp.asarray(learning_rate, dtype),
             num_trials=jnp.zeros((), base.COUNTER_DTYPE),
+            direction_reset=jnp.asarray(False),
+            used_fallback=jnp.asarray(False),
             costs=base.zero_costs(),
             status=base.ok_status(),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
-            raise TypeError("`scale_by_armijo` needs `params` in `update`.")
-        value = base.extra_arg(extra_args, "value", "scale_by_armijo")
-        grad = base.extra_arg(extra_args, "grad", "scale_by_armijo")
-        value_fn = base.extra_arg(extra_args, "value_fn", "scale_by_armijo")
-        value = jnp.asarray(value)
-        slope = otu.tree_vdot(grad, updates)
-        rate, trials, accepted = _armijo_search(
-            value_fn,
-            params,
-            updates,
-            value,
-            slope,
-            learning_rate,
-            c1,
-            shrink,
-            max_backtracks,
+            raise TypeError(f"`{caller}` needs `params` in `update`.")
+        grad = base.extra_arg(extra_args, "grad", caller)
+        fn = loss_only(base.extra_arg(extra_args, "value_fn", caller), has_aux)
+        dtype = state.learning_rate.dtype
+        if independent_batch:
+            value = jnp.asarray(fn(params), dtype)
+        else:
+            value = jnp.asarray(base.extra_arg(extra_args, "value", caller), dtype)
+
+        # Search along -grad when the given direction does not descend.
+        slope = otu.tree_vdot(grad, updates).astype(dtype)
+        descent = slope < 0
+        direction = jax.tree_util.tree_map(
+            lambda d, g: jnp.where(descent, d, -g), updates, grad
         )
+        slope = jnp.where(descent, slope, -otu.tree_vdot(grad, grad).astype(dtype))
+        finite = jnp.isfinite(value) & jnp.isfinite(slope) & _tree_all_finite(direction)
+
+        cap = jnp.asarray(max_learning_rate, dtype)
+        initial = _initial_rate(state.learning_rate, learning_rate, cap, reset, growth)
+        config = (c1, shrink, max_backtracks + 1, goldstein)
+        rate, trials, accepted = _search(
+            fn, params, direction, value, slope, initial, cap, finite, config
+        )
+
+        used_fallback = jnp.asarray(False)
+        if fallback_learning_rate is not None:
+            # The fallback is a real trial: finite and no increase, or nothing.
+            tiny = jnp.asarray(fallback_learning_rate, dtype)
+
+            def try_fallback():
+                trial = fn(otu.tree_add_scale(params, tiny, direction))
+                trial = jnp.asarray(trial, dtype)
+                return jnp.isfinite(trial) & (trial <= value)
+
+            need = finite & ~accepted
+            used_fallback = jax.lax.cond(need, try_fallback, lambda: jnp.asarray(False))
+            trials = trials + need.astype(base.COUNTER_DTYPE)
+            rate = jnp.where(used_fallback, tiny, rate)
+            accepted = accepted | used_fallback
+
         code = jnp.where(
-            accepted, base.StatusCode.RUNNING, base.StatusCode.LINE_SEARCH_FAILED
+            finite,
+            jnp.where(
+                accepted, base.StatusCode.RUNNING, base.StatusCode.LINE_SEARCH_FAILED
+            ),
+            base.StatusCode.NON_FINITE,
         )
+        spent = trials + (1 if independent_batch else 0)
         new_state = ArmijoState(
-            learning_rate=rate.astype(state.learning_rate.dtype),
-            num_trials=trials,
-            costs=base.add_costs(state.costs, value_evals=trials),
+            learning_rate=rate.astype(dtype),
+            num_trials=spent.astype(base.COUNTER_DTYPE),
+            direction_reset=~descent,
+            used_fallback=used_fallback,
+            costs=base.add_costs(state.costs, value_evals=spent),
             status=base.make_status(code),
         )
-        return otu.tree_scale(rate, updates), new_state
+        # jnp.where, not a product: 0 * nan would leak a non-finite update.
+        new_updates = jax.tree_util.tree_map(
+            lambda d: jnp.where(accepted, rate.astype(d.dtype) * d, jnp.zeros_like(d)),
+            direction,
+        )
+        return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -153,25 +342,46 @@ def armijo_sgd(
     learning_rate: float = 1.0,
     c1: float = 1e-4,
     shrink: float = 0.5,
-    max_backtracks: int = 30,
+    max_backtracks: int | None = None,
+    *,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    **search_options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Gradient descent with an Armijo backtracking line search.
 
-    Each update steps along :math:`d = -\nabla f(x)` with the largest
+    Each update steps along :math:`d = -\nabla f(x)` (or a heavy-ball or
+    Nesterov momentum direction, see ``momentum``) with the largest
     :math:`\eta = \eta_0\,\beta^j` (``shrink`` :math:`=\beta`) that satisfies
 
     .. math::
-      f(x - \eta \nabla f(x)) \le f(x) - c_1 \eta \|\nabla f(x)\|^2 .
+      f(x + \eta d) \le f(x) + c_1 \eta \langle \nabla f(x), d \rangle .
+
+    The defaults give deterministic (full-batch) descent. For the stochastic
+    line search of Vaswani et al. (2019), pass ``value_fn`` on the current
+    mini-batch and use ``c1=0.1, shrink=0.9, reset="grow",
+    growth=2 ** (1 / batches_per_epoch)``.
 
     Args:
-      learning_rate: initial step :math:`\eta_0` tried at every update.
+      learning_rate: first trial step :math:`\eta_0`.
       c1: sufficient-decrease constant in (0, 1).
       shrink: backtracking factor in (0, 1).
-      max_backtracks: number of shrinks allowed after the first trial.
+      max_backtracks: number of shrinks allowed after the first trial; None
+        allows enough to shrink the step by 1e-9, whatever ``shrink`` is.
+      momentum: momentum decay in [0, 1); 0 means plain gradient descent. The
+        search runs along the momentum direction, or along the negative
+        gradient when that direction does not descend.
+      nesterov: use Nesterov's look-ahead form of momentum.
+      **search_options: keyword options of :func:`scale_by_armijo` (``reset``,
+        ``growth``, ``max_learning_rate``, ``condition``,
+        ``fallback_learning_rate``, ``independent_batch``, ``has_aux``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
       and the extra arguments ``value``, ``grad`` and ``value_fn``.
+
+    Raises:
+      ValueError: for a hyperparameter outside its range.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, so_opt
@@ -186,8 +396,17 @@ def armijo_sgd(
     References:
       Armijo, *Minimization of functions having Lipschitz continuous first
       partial derivatives*, Pacific Journal of Mathematics, 1966.
+
+      Vaswani et al., *Painless stochastic gradient: interpolation,
+      line-search, and convergence rates*, NeurIPS 2019.
     """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
+    search = scale_by_armijo(
+        learning_rate, c1, shrink, max_backtracks, **search_options
+    )
+    if momentum == 0.0:
+        return optax.chain(optax.scale(-1.0), search)
     return optax.chain(
-        optax.scale(-1.0),
-        scale_by_armijo(learning_rate, c1, shrink, max_backtracks),
+        optax.trace(decay=momentum, nesterov=nesterov), optax.scale(-1.0), search
     )
