@@ -234,8 +234,9 @@ def truncated_cg(
     Args:
       matvec: the operator :math:`v \mapsto A v` on pytrees shaped like ``b``.
       b: right-hand side (a pytree of floating arrays).
-      x0: warm start (zeros when None); costs one extra product. A warm
-        start with :math:`\\phi(x_0) \\ge 0` is replaced by zeros.
+      x0: warm start (zeros when None); costs one extra product unless it
+        is zero. A warm start with :math:`\phi(x_0) \ge 0` is replaced by
+        zeros.
       max_steps: cap on CG iterations, at least 1.
       tol: relative residual tolerance (>= 0).
       progress_tol: :math:`\epsilon` of the relative-progress rule; 0 turns
@@ -277,7 +278,11 @@ def truncated_cg(
         x0, r0, matvecs = otu.tree_zeros_like(b), b, 0
         phi0 = jnp.zeros((), dtype)
     else:
-        r0, matvecs = otu.tree_sub(b, matvec(x0)), 1
+        # A zero warm start (the first step of an optimizer) costs no product.
+        zero_start = otu.tree_vdot(x0, x0) == 0
+        ax0 = jax.lax.cond(zero_start, lambda v: otu.tree_zeros_like(v), matvec, x0)
+        r0 = otu.tree_sub(b, ax0)
+        matvecs = jnp.where(zero_start, 0, 1).astype(base.COUNTER_DTYPE)
         phi0 = -0.5 * otu.tree_vdot(x0, otu.tree_add(b, r0))
         # A warm start worse than zero for the model (or not finite) is dropped.
         cold = ~(phi0 < 0)

@@ -107,11 +107,13 @@ def _preconditioner(config: _Config, state, grad, damping, extra_args):
 def _backtrack_iterates(value_fn, params, result):
     """Martens' backtracking: walk back over saved CG iterates while f drops.
 
-    Returns the chosen iterate, its value, its model value and the evaluations.
+    Returns the chosen iterate, its value, its model value, the evaluations
+    and the value at the final CG point.
     """
     f_final = value_fn(otu.tree_add(params, result.x))
     if result.iterates is None:
-        return result.x, f_final, result.model_value, jnp.ones((), jnp.int32)
+        one = jnp.ones((), base.COUNTER_DTYPE)
+        return result.x, f_final, result.model_value, one, f_final
     valid = result.iterate_steps < result.num_steps
     take = lambda j: jax.tree.map(lambda s: s[j], result.iterates)
 
@@ -137,12 +139,12 @@ def _backtrack_iterates(value_fn, params, result):
         result.model_value,
         result.iterate_model_values[jnp.maximum(best, 0)],
     )
-    return x, f_best, phi, evals
+    return x, f_best, phi, evals, f_final
 
 
-def _new_radius(radius, rho, step_norm, hit_boundary, max_radius):
-    """Trust-radius rule for Steihaug's truncation."""
-    grow = (rho > 0.75) & (hit_boundary | (step_norm >= 0.8 * radius))
+def _new_radius(radius, rho, step_norm, max_radius):
+    """Trust-radius rule for Steihaug's truncation (grow only at the boundary)."""
+    grow = (rho > 0.75) & (step_norm >= 0.8 * radius)
     radius = jnp.where(grow, 2.0 * radius, radius)
     radius = jnp.where(rho < 0.25, 0.25 * jnp.maximum(step_norm, 1e-3 * radius), radius)
     return jnp.clip(radius, jnp.finfo(radius.dtype).tiny, max_radius)
@@ -165,11 +167,14 @@ def _hf_update(config: _Config, state, params, extra_args):
     if tol is None:
         # Forcing term min(1/2, sqrt(|g|)): superlinear convergence near a minimum.
         tol = jnp.minimum(0.5, jnp.sqrt(grad_norm))
-    warm = otu.tree_scale(config.warm_start_decay, state.warm_start)
+    warm = None
+    if config.warm_start_decay > 0:
+        warm = otu.tree_scale(config.warm_start_decay, state.warm_start)
     radius = None
     if config.curvature == "hessian" and config.trust_region:
-        # Keep the warm start well inside the trust region.
         radius = state.radius
+    if radius is not None and warm is not None:
+        # Keep the warm start well inside the trust region.
         warm_norm = otu.tree_norm(warm)
         fit = jnp.minimum(1.0, 0.5 * radius / jnp.maximum(warm_norm, 1e-30))
         warm = otu.tree_scale(fit, warm)
@@ -186,10 +191,15 @@ def _hf_update(config: _Config, state, params, extra_args):
     )
 
     # Backtrack over CG iterates; the ratio uses the undamped model there.
-    step, new_value, phi, evals = _backtrack_iterates(value_fn, params, result)
+    step, new_value, phi, evals, f_final = _backtrack_iterates(value_fn, params, result)
     step_sq = otu.tree_vdot(step, step)
     predicted = -(phi - 0.5 * lam * step_sq)
     rho = reduction_ratio(value, new_value, predicted).astype(dtype)
+    # The trust radius judges the model at the final CG point, wherever
+    # backtracking went: a boundary point that fails shrinks the radius.
+    final_sq = otu.tree_vdot(result.x, result.x)
+    final_predicted = -(result.model_value - 0.5 * lam * final_sq)
+    rho_final = reduction_ratio(value, f_final, final_predicted)
     finite = jnp.isfinite(grad_norm) & jnp.isfinite(step_sq)
     step = jax.tree.map(lambda s: jnp.where(finite, s, 0.0), step)
 
@@ -211,8 +221,16 @@ def _hf_update(config: _Config, state, params, extra_args):
         base.StatusCode.RUNNING,
     )
     code = jnp.where(finite, code, base.StatusCode.NON_FINITE)
+    # Warm start from the CG solution; after a truncation (negative curvature
+    # or the boundary) that point is far along one direction, so restart from
+    # the step actually chosen instead.
     keep = finite & (result.reason != CGReason.NON_FINITE)
-    warm = jax.tree.map(lambda s: jnp.where(keep, s, 0.0), result.x)
+    truncated = result.reason >= CGReason.NEGATIVE_CURVATURE
+    warm = jax.tree.map(
+        lambda x, s: jnp.where(keep, jnp.where(truncated, s, x), 0.0),
+        result.x,
+        step,
+    )
     # After negative curvature, damp at least twice past the curvature met,
     # so that the next model is convex along that direction.
     new_lam = update_damping(lam, rho, config.damping_factor, *config.damping_bounds)
@@ -222,9 +240,8 @@ def _hf_update(config: _Config, state, params, extra_args):
         damping=jnp.minimum(new_lam, config.damping_bounds[1]).astype(dtype),
         radius=_new_radius(
             state.radius,
-            rho,
-            jnp.sqrt(step_sq),
-            result.reason >= CGReason.NEGATIVE_CURVATURE,
+            rho_final,
+            jnp.sqrt(final_sq),
             config.max_radius,
         ).astype(dtype),
         warm_start=warm,

@@ -10,7 +10,7 @@ import optax
 import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
-from so_opt._src import base
+from so_opt._src import base, curvature
 
 # Dense workspace, in k x k matrices, besides the Hessian itself: the Cholesky
 # factor, or the eigenvectors plus eigh's own scratch.
@@ -53,25 +53,12 @@ def check_dense_fits(num_params: int, itemsize: int, budget: int, saddle_free: b
 
 
 def dense_hessian(value_fn, params, chunk_size: int | None, budget: int):
-    """Dense Hessian of ``value_fn`` on ravelled params, by chunks of HVPs."""
-    # TODO(newton): switch to curvature.hessian_matrix once it lands there.
-    flat, unravel = ravel_pytree(params)
-    k = flat.shape[0]
-    check_dense_fits(k, flat.dtype.itemsize, budget, saddle_free=False)
-    grad_flat = jax.grad(lambda z: value_fn(unravel(z)))
-    chunk = k if chunk_size is None else min(chunk_size, k)
-    num_chunks = -(-k // chunk)
-
-    def columns(start):
-        # One-hot tangents for columns start .. start + chunk - 1 (padded).
-        idx = start + jnp.arange(chunk)
-        basis = (idx[:, None] == jnp.arange(k)[None, :]).astype(flat.dtype)
-        return jax.vmap(lambda v: jax.jvp(grad_flat, (flat,), (v,))[1])(basis)
-
-    starts = jnp.arange(num_chunks) * chunk
-    cols = jax.lax.map(columns, starts).reshape(num_chunks * chunk, k)[:k]
-    # The Hessian is symmetric; average away round-off asymmetry.
-    return 0.5 * (cols + cols.T)
+    """Dense, symmetrized Hessian of ``value_fn`` on the ravelled params."""
+    hess = curvature.hessian_matrix(
+        value_fn, params, chunk_size=chunk_size, memory_budget_bytes=budget
+    )
+    # The rows are Hessian-vector products; average away round-off asymmetry.
+    return 0.5 * (hess + hess.T)
 
 
 def _damped_cholesky(hess, shift, floor):
