@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 
+from so_opt.problems.autoencoder import digits_autoencoder as digits_autoencoder
 from so_opt.problems.base import Problem as Problem
 from so_opt.problems.digits import digits_mlp as digits_mlp
 from so_opt.problems.logreg import breast_cancer_logreg as breast_cancer_logreg
@@ -18,6 +19,7 @@ from so_opt.problems.rosenbrock import rosenbrock_value as rosenbrock_value
 
 REGISTRY: dict[str, Callable[..., Problem]] = {
     "digits_mlp": digits_mlp,
+    "digits_autoencoder": digits_autoencoder,
     "breast_cancer_logreg": breast_cancer_logreg,
     "rosenbrock": rosenbrock,
 }
