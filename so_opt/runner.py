@@ -164,9 +164,13 @@ def run(
     step = make_step(problem, optimizer, value_and_grad, extra_arg_names)
     batches = _batches(problem, settings)
 
-    # Compile (and discard) one step so that compilation is charged to nobody.
+    # Compile (and discard) two steps so that compilation is charged to nobody:
+    # some states (optax's own line searches) change weak types after their
+    # first update, which compiles a second version of the step.
     first = next(batches)
-    jax.block_until_ready(step(params, state, first))
+    warm = step(params, state, first)
+    jax.block_until_ready(step(warm[0], warm[1], first))
+    compiled = step._cache_size()
 
     history: dict[str, list] = {
         key: []
@@ -226,6 +230,11 @@ def run(
             break
         batch = next(batches)
 
+    if step._cache_size() > compiled:
+        logger.warning(
+            "the step recompiled during the run (state shapes or dtypes changed); "
+            "that compilation time is in the recorded seconds"
+        )
     final = problem.metrics(params)
     own = base.costs(state)
     costs = {

@@ -47,8 +47,7 @@ class NNXObjective:
 
     def apply(self, params: Any, inputs: Any) -> Any:
         """Runs the model with ``params`` on ``inputs`` (pure; jit-friendly)."""
-        model = nnx.merge(self.graphdef, params, self.rest)
-        return model(inputs)
+        return self.merge(params)(inputs)
 
     def model_fn(self, params: Any) -> Any:
         """Model outputs on this objective's batch."""
@@ -69,6 +68,14 @@ class NNXObjective:
             "model_fn": self.model_fn,
             "output_loss_fn": self.output_loss_fn,
         }
+
+    def merge(self, params: Any) -> nnx.Module:
+        """A new model holding ``params`` (the original model is untouched).
+
+        To write trained params into the original model in place instead,
+        use ``nnx.update(model, params)``.
+        """
+        return nnx.merge(self.graphdef, params, self.rest)
 
     def with_batch(self, batch: Batch) -> NNXObjective:
         """The same objective on another batch (shares the graph, no copy)."""
