@@ -89,18 +89,29 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
     search = lambda d: wolfe_lib.wolfe_line_search(
         value_fn, params, d, value, grad, **kw
     )
-    res = search(direction)
-    retry = (res.learning_rate <= 0) & descent & has_memory
 
-    def again(_):
-        res2 = search(steepest)
-        return res2, steepest, res2.num_trials
+    # At most two searches in one loop, so the search is compiled only once.
+    def again(carry):
+        attempt, _, res, _ = carry
+        failed = (res.learning_rate <= 0) & descent & has_memory
+        return (attempt == 0) | ((attempt == 1) & failed)
 
-    def keep(_):
-        return res, direction, jnp.zeros_like(res.num_trials)
+    def body(carry):
+        attempt, d, _, trials = carry
+        res = search(d)
+        used = (attempt + 1, steepest, res, trials + res.num_trials)
+        return used, d
 
-    res, direction, extra = jax.lax.cond(retry, again, keep, None)
-    return res, direction, ~descent | retry, res.num_trials + extra
+    def step(carry):
+        return body(carry[0])
+
+    empty = jax.tree.map(jnp.zeros_like, jax.eval_shape(search, direction))
+    zero = jnp.zeros((), base.COUNTER_DTYPE)
+    init = ((zero, direction, empty, zero), direction)
+    (attempts, _, res, trials), used = jax.lax.while_loop(
+        lambda c: again(c[0]), step, init
+    )
+    return res, used, ~descent | (attempts > 1), trials
 
 
 def two_loop(grad, s_memory, y_memory, rho, head, gamma):

@@ -1,0 +1,125 @@
+"""Tests of `so_opt.minimize`: stopping rules, statuses, costs, history, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import so_opt
+from so_opt import StatusCode
+
+TARGET = jnp.array([1.0, -2.0, 0.5])
+
+
+def half_square(x):
+    return 0.5 * jnp.sum((x - TARGET) ** 2)
+
+
+SGD = optax.sgd(0.5)
+
+
+def test_plain_optax_sgd_stops_at_the_predicted_step():
+    # Gradient descent with rate 1/2 on 0.5 |x - c|^2 halves |g| each step:
+    # |g_t| = |c| 2^-t <= gtol first at t = ceil(log2(|c| / gtol)).
+    gtol = 1e-6
+    res = so_opt.minimize(half_square, jnp.zeros(3), SGD, gtol=gtol, max_steps=100)
+    expected = int(np.ceil(np.log2(float(jnp.linalg.norm(TARGET)) / gtol)))
+    assert int(res.status) == StatusCode.CONVERGED
+    assert int(res.num_steps) == expected
+    np.testing.assert_allclose(res.grad_norm, np.linalg.norm(TARGET) * 2.0**-expected)
+    np.testing.assert_allclose(res.params, TARGET, atol=gtol)
+    # optax reports no costs: the driver's gradients are the whole bill.
+    assert int(res.costs.grad_evals) == expected + 1
+
+
+def test_max_steps_status_and_history():
+    res = so_opt.minimize(
+        half_square, jnp.zeros(3), SGD, gtol=0.0, max_steps=5, record_history=True
+    )
+    assert int(res.status) == StatusCode.MAX_STEPS
+    assert int(res.num_steps) == 5
+    # value_t = 0.5 |c|^2 4^-t, recomputed by hand.
+    want = 0.5 * float(jnp.sum(TARGET**2)) * 0.25 ** np.arange(6)
+    np.testing.assert_allclose(res.history, want, rtol=1e-12)
+
+
+def test_history_is_nan_past_the_last_step():
+    res = so_opt.minimize(
+        half_square,
+        jnp.zeros(3),
+        so_opt.lbfgs(),
+        gtol=1e-8,
+        max_steps=20,
+        record_history=True,
+    )
+    steps = int(res.num_steps)
+    assert int(res.status) == StatusCode.CONVERGED and steps < 20
+    assert np.all(np.isfinite(res.history[: steps + 1]))
+    assert np.all(np.isnan(res.history[steps + 1 :]))
+    np.testing.assert_allclose(res.history[steps], res.value)
+
+
+def test_jit_driver_matches_a_python_loop_and_counts_costs():
+    f = lambda x: jnp.sum((x - 1.0) ** 2) + jnp.sum(x**4) + x[0] * x[1]
+    opt = so_opt.lbfgs(memory_size=3)
+    x0 = jnp.array([2.0, -1.0, 0.5])
+    res = so_opt.minimize(f, x0, opt, gtol=1e-7, max_steps=100)
+    assert int(res.status) == StatusCode.CONVERGED
+
+    step = jax.jit(lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, value_fn=f))
+    x, state = x0, opt.init(x0)
+    evals = 0
+    for _ in range(int(res.num_steps)):
+        value, grad = jax.value_and_grad(f)(x)
+        evals += 1
+        updates, state = step(grad, state, x, value)
+        x = optax.apply_updates(x, updates)
+    np.testing.assert_allclose(x, res.params, rtol=1e-12)
+    # The loop spends a gradient per step; the driver reuses the line search's.
+    own = int(so_opt.costs(state).grad_evals)
+    assert int(res.costs.grad_evals) == own + 1
+    assert evals + own > int(res.costs.grad_evals)
+
+
+def test_non_finite_step_is_rejected_and_reported():
+    # Finite only for |x| < 3: a too-long plain step lands in the NaN region.
+    f = lambda x: jnp.where(jnp.sum(x**2) < 9.0, jnp.sum(x**2), jnp.nan)
+    res = so_opt.minimize(f, jnp.array([2.0, 0.0]), optax.sgd(2.0), max_steps=10)
+    assert int(res.status) == StatusCode.NON_FINITE
+    assert int(res.num_steps) == 0
+    np.testing.assert_allclose(res.params, [2.0, 0.0])
+    assert np.isfinite(float(res.value))
+
+
+def test_line_search_failure_stops_with_its_status():
+    # f(x) = -sum(x), but stop_gradient makes the gradient +1: every trial
+    # along -g raises the loss, so no step can be accepted.
+    f = lambda x: jnp.sum(x - 2.0 * jax.lax.stop_gradient(x))
+    res = so_opt.minimize(f, jnp.array([1.0, 1.0]), so_opt.lbfgs(), max_steps=10)
+    assert int(res.status) == StatusCode.LINE_SEARCH_FAILED
+    np.testing.assert_allclose(res.params, [1.0, 1.0])
+    assert int(res.num_steps) == 0
+
+
+def test_start_at_the_minimum_converges_without_steps():
+    res = so_opt.minimize(half_square, TARGET, so_opt.bfgs())
+    assert int(res.status) == StatusCode.CONVERGED
+    assert int(res.num_steps) == 0
+    assert int(res.costs.grad_evals) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"max_steps": 0}, ValueError, r"`max_steps` must be an integer >= 1, got 0"),
+        ({"gtol": -1.0}, ValueError, r"`gtol` must be >= 0, got -1.0\."),
+        ({"params": jnp.arange(3)}, TypeError, r"`params` must hold floating-point"),
+        ({"params": {}}, ValueError, r"`params` must hold at least one array"),
+    ],
+)
+def test_bad_input_raises_clear_errors(kwargs, error, match):
+    args = {"params": jnp.zeros(3), **kwargs}
+    params = args.pop("params")
+    with pytest.raises(error, match=match):
+        so_opt.minimize(half_square, params, SGD, **args)
