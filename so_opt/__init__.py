@@ -24,6 +24,18 @@ from so_opt._src.curvature import linearize_hvp as linearize_hvp
 from so_opt._src.armijo import ArmijoState as ArmijoState
 from so_opt._src.armijo import armijo_sgd as armijo_sgd
 from so_opt._src.armijo import scale_by_armijo as scale_by_armijo
+from so_opt._src.barzilai_borwein import BarzilaiBorweinState as BarzilaiBorweinState
+from so_opt._src.barzilai_borwein import barzilai_borwein as barzilai_borwein
+from so_opt._src.bold_driver import BoldDriverState as BoldDriverState
+from so_opt._src.bold_driver import bold_driver as bold_driver
+from so_opt._src.delta_bar_delta import DeltaBarDeltaState as DeltaBarDeltaState
+from so_opt._src.delta_bar_delta import delta_bar_delta as delta_bar_delta
+from so_opt._src.newbob import NewbobState as NewbobState
+from so_opt._src.newbob import newbob as newbob
+from so_opt._src.plateau import ReduceOnPlateauState as ReduceOnPlateauState
+from so_opt._src.plateau import reduce_on_plateau as reduce_on_plateau
+from so_opt._src.rprop import RpropState as RpropState
+from so_opt._src.rprop import rprop as rprop
 
 # --- quasi-Newton and the full-batch driver (issue 5) ------------------------
 from so_opt._src.bfgs import BFGSState as BFGSState

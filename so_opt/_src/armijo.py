@@ -247,10 +247,9 @@ def scale_by_armijo(
         raise ValueError(f"`growth` must be >= 1, got {growth}.")
     if max_learning_rate is None:
         max_learning_rate = learning_rate
-    elif not max_learning_rate >= learning_rate:
-        raise ValueError(
-            f"`max_learning_rate` must be >= `learning_rate` ({learning_rate}), "
-            f"got {max_learning_rate}."
+    else:
+        base.check_not_below(
+            max_learning_rate, "max_learning_rate", learning_rate, "learning_rate"
         )
     if fallback_learning_rate is not None:
         base.check_positive(fallback_learning_rate, "fallback_learning_rate")
@@ -258,8 +257,7 @@ def scale_by_armijo(
     goldstein = condition == "goldstein"
 
     def init_fn(params):
-        base.check_float_params(params)
-        dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+        dtype = base.params_dtype(params)
         return ArmijoState(
             learning_rate=jnp.asarray(learning_rate, dtype),
             num_trials=jnp.zeros((), base.COUNTER_DTYPE),

@@ -182,3 +182,15 @@ def check_int_at_least(value: int, name: str, low: int) -> None:
     """Raises ``ValueError`` unless ``value`` is an int with ``value >= low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+
+
+def params_dtype(params: PyTree) -> jnp.dtype:
+    """Checks that ``params`` are floating point; returns their common dtype."""
+    check_float_params(params)
+    return jnp.result_type(*jax.tree_util.tree_leaves(params))
+
+
+def check_not_below(value: float, name: str, bound: float, bound_name: str) -> None:
+    """Raises ``ValueError`` unless ``value >= bound`` (another argument)."""
+    if not value >= bound:
+        raise ValueError(f"`{name}` must be >= `{bound_name}` ({bound}), got {value}.")
