@@ -15,10 +15,20 @@ from so_opt._src.base import costs as costs
 from so_opt._src.base import status as status
 
 # --- curvature and linear algebra (issue 3) ----------------------------------
+from so_opt._src.curvature import HessianEigenvalues as HessianEigenvalues
+from so_opt._src.curvature import HessianTrace as HessianTrace
 from so_opt._src.curvature import ggn_vp as ggn_vp
+from so_opt._src.curvature import hessian_eigenvalues as hessian_eigenvalues
+from so_opt._src.curvature import hessian_matrix as hessian_matrix
+from so_opt._src.curvature import hessian_trace as hessian_trace
 from so_opt._src.curvature import hvp as hvp
 from so_opt._src.curvature import linearize_ggn as linearize_ggn
 from so_opt._src.curvature import linearize_hvp as linearize_hvp
+from so_opt._src.lanczos import LanczosResult as LanczosResult
+from so_opt._src.lanczos import lanczos as lanczos
+from so_opt._src.lanczos import tridiagonal as tridiagonal
+from so_opt import curvature as curvature
+from so_opt import linalg as linalg
 
 # --- line searches and adaptive rates (issues 2, 4) --------------------------
 from so_opt._src.armijo import ArmijoState as ArmijoState
