@@ -120,10 +120,166 @@ _METHODS = [
 ]
 
 # --- line searches and adaptive rates (issue 4) ------------------------------
-_METHODS += []
+
+
+def _stochastic_armijo(h: dict[str, Any], ctx: Context) -> Any:
+    # Vaswani et al. (2019): grow the last step by 2^(1/batches per epoch).
+    return so_opt.armijo_sgd(
+        learning_rate=h["learning_rate"],
+        c1=h["c1"],
+        shrink=h["shrink"],
+        reset="grow",
+        growth=2.0 ** (1.0 / ctx["steps_per_epoch"]),
+        max_learning_rate=h["max_learning_rate"],
+    )
+
+
+def _sgd_plateau(h: dict[str, Any], ctx: Context) -> Any:
+    # Patience in epochs: the rule averages one epoch of batch losses at a time.
+    return optax.chain(
+        optax.sgd(h["learning_rate"]),
+        so_opt.reduce_on_plateau(
+            factor=h["factor"],
+            patience=h["patience"],
+            accumulation_size=ctx["steps_per_epoch"],
+        ),
+    )
+
+
+_METHODS += [
+    Method(
+        name="armijo_sgd_stochastic",
+        make=_stochastic_armijo,
+        regimes=("minibatch",),
+        defaults={
+            "learning_rate": 1.0,
+            "c1": 0.1,
+            "shrink": 0.9,
+            "max_learning_rate": 10.0,
+        },
+        grid={"c1": [0.01, 0.1, 0.3]},
+        description="stochastic Armijo line search, grow reset (so_opt)",
+    ),
+    Method(
+        name="armijo_goldstein",
+        make=lambda h, ctx: so_opt.armijo_sgd(
+            learning_rate=h["learning_rate"],
+            c1=h["c1"],
+            condition="goldstein",
+            reset="keep",
+            max_learning_rate=h["max_learning_rate"],
+        ),
+        regimes=("full",),
+        defaults={"learning_rate": 1.0, "c1": 0.25, "max_learning_rate": 100.0},
+        grid={},
+        description="gradient descent with a Goldstein line search (so_opt)",
+    ),
+    Method(
+        name="bold_driver",
+        make=lambda h, ctx: so_opt.bold_driver(
+            h["learning_rate"], h["increase"], h["decrease"]
+        ),
+        regimes=("full", "minibatch"),
+        defaults={"learning_rate": 0.3, "increase": 1.1, "decrease": 0.5},
+        grid={"increase": [1.02, 1.05, 1.1]},
+        description="bold driver: grow after a good step, undo and halve (so_opt)",
+    ),
+    Method(
+        name="newbob",
+        make=lambda h, ctx: so_opt.newbob(
+            h["learning_rate"],
+            h["start_threshold"],
+            h["stop_threshold"],
+            steps_per_epoch=ctx["steps_per_epoch"],
+        ),
+        regimes=("full", "minibatch"),
+        defaults={
+            "learning_rate": 0.3,
+            "start_threshold": 0.005,
+            "stop_threshold": 0.001,
+        },
+        grid={"learning_rate": _LR_GRID},
+        description="newbob on the epoch's mean training loss (so_opt)",
+    ),
+    Method(
+        name="delta_bar_delta",
+        make=lambda h, ctx: so_opt.delta_bar_delta(
+            h["learning_rate"], h["kappa"], h["phi"], h["theta"]
+        ),
+        regimes=("full", "minibatch"),
+        defaults={"learning_rate": 0.1, "kappa": 0.01, "phi": 0.1, "theta": 0.7},
+        grid={"learning_rate": [0.01, 0.03, 0.1, 0.3]},
+        description="delta-bar-delta per-parameter rates (so_opt)",
+    ),
+    Method(
+        name="barzilai_borwein",
+        make=lambda h, ctx: so_opt.barzilai_borwein(
+            h["learning_rate"], h["variant"], max_learning_rate=h["max_learning_rate"]
+        ),
+        regimes=("full",),
+        defaults={"learning_rate": 0.1, "variant": "long", "max_learning_rate": 100.0},
+        grid={"variant": ["long", "short"]},
+        description="Barzilai-Borwein step, safeguarded (so_opt)",
+    ),
+    Method(
+        name="rprop",
+        make=lambda h, ctx: so_opt.rprop(h["learning_rate"]),
+        regimes=("full",),
+        defaults={"learning_rate": 0.01},
+        grid={"learning_rate": [0.001, 0.01, 0.1]},
+        description="iRprop- without optax 0.2.8's one-step lag (so_opt)",
+    ),
+    Method(
+        name="sgd_plateau",
+        make=_sgd_plateau,
+        regimes=("full", "minibatch"),
+        defaults={"learning_rate": 0.3, "factor": 0.5, "patience": 3},
+        grid={"learning_rate": _LR_GRID},
+        description="SGD with reduce-on-plateau, any loss sign (so_opt)",
+    ),
+]
 
 # --- quasi-Newton (issue 5) ---------------------------------------------------
-_METHODS += []
+
+
+def _bfgs_skip(problem: Any) -> str | None:
+    # The same test bfgs's init makes, without allocating the k x k matrix.
+    from jax.flatten_util import ravel_pytree
+
+    from so_opt._src.bfgs import DEFAULT_MEMORY_BUDGET_BYTES, check_dense_size
+
+    flat = ravel_pytree(problem.init_params(0))[0]
+    try:
+        check_dense_size(flat.size, flat.dtype, DEFAULT_MEMORY_BUDGET_BYTES)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+# The line search keeps the value and gradient at the accepted point in the
+# state, so the runner reads them there ("from_state") instead of paying a
+# fresh gradient per step; its trials are counted in so_opt's own counters.
+_METHODS += [
+    Method(
+        name="lbfgs",
+        make=lambda h, ctx: so_opt.lbfgs(memory_size=h["memory_size"]),
+        regimes=("full",),
+        defaults={"memory_size": 10},
+        grid={},
+        description="L-BFGS with strong Wolfe line search (so_opt)",
+        value_and_grad="from_state",
+    ),
+    Method(
+        name="bfgs",
+        make=lambda h, ctx: so_opt.bfgs(),
+        regimes=("full",),
+        defaults={},
+        grid={},
+        description="dense BFGS with strong Wolfe line search (so_opt)",
+        value_and_grad="from_state",
+        skip_reason=_bfgs_skip,
+    ),
+]
 
 # --- Newton's family (issue 6) ------------------------------------------------
 # Dense Newton in the studies: its k x k work must fit in 128 MiB (k about
