@@ -63,12 +63,6 @@ def loss_only(value_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]
     return lambda params: value_fn(params)[0]
 
 
-def _tree_all_finite(tree: base.PyTree) -> jax.Array:
-    """True when every entry of every leaf is finite."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
 def _search(fn, params, direction, value, slope, initial, cap, active, config):
     """Backtracks (Armijo) or brackets (Goldstein) along ``direction``.
 
@@ -77,50 +71,72 @@ def _search(fn, params, direction, value, slope, initial, cap, active, config):
     c1, shrink, max_trials, goldstein = config
     dtype = value.dtype
 
-    def evaluate(rate):
-        trial_value = fn(otu.tree_add_scale(params, rate, direction))
-        trial_value = jnp.asarray(trial_value, dtype)
+    def armijo_test(rate):
+        trial_value = jnp.asarray(fn(otu.tree_add_scale(params, rate, direction)))
+        trial_value = trial_value.astype(dtype)
         # A non-finite trial fails like any other: it never becomes a step.
-        armijo = jnp.isfinite(trial_value) & (trial_value <= value + c1 * rate * slope)
+        passed = trial_value <= value + c1 * rate * slope
+        return jnp.isfinite(trial_value) & passed, trial_value
+
+    def cond(carry):
+        trials, accepted = carry[1], carry[2]
+        return active & ~accepted & (trials < max_trials)
+
+    def backtrack(carry):
+        rate, trials, _ = carry
+        passed, _ = armijo_test(rate)
+        return jnp.where(passed, rate, rate * shrink), trials + 1, passed
+
+    def bracket(carry):
+        rate, trials, _, low, high = carry
+        passed, trial_value = armijo_test(rate)
         # Goldstein's lower bound rejects steps that are too short, unless the
         # step already sits at the upper bound and cannot grow.
         short = trial_value < value + (1.0 - c1) * rate * slope
-        too_short = goldstein & armijo & short & (rate < cap)
-        return armijo, too_short
-
-    def cond(carry):
-        _, _, _, trials, accepted, _ = carry
-        return active & ~accepted & (trials < max_trials)
-
-    def body(carry):
-        rate, low, high, trials, _, _ = carry
-        armijo, too_short = evaluate(rate)
-        low = jnp.where(armijo, rate, low)
-        high = jnp.where(armijo, high, rate)
-        # Expand until the step is bracketed, then bisect the bracket; plain
-        # Armijo never brackets from below, so it only ever shrinks.
+        too_short = passed & short & (rate < cap)
+        low = jnp.where(passed, rate, low)
+        high = jnp.where(passed, high, rate)
+        # Expand until the step is bracketed, then bisect the bracket.
         grown = jnp.where(
             jnp.isinf(high), jnp.minimum(rate / shrink, cap), 0.5 * (low + high)
         )
         cut = jnp.where(low > 0, 0.5 * (low + high), rate * shrink)
-        next_rate = jnp.where(armijo, grown, cut)
-        return next_rate, low, high, trials + 1, armijo & ~too_short, rate
+        next_rate = jnp.where(passed & ~too_short, rate, jnp.where(passed, grown, cut))
+        return next_rate, trials + 1, passed & ~too_short, low, high
 
     zero = jnp.zeros((), dtype)
-    init = (
-        jnp.asarray(initial, dtype),
-        zero,
-        jnp.asarray(jnp.inf, dtype),
-        jnp.zeros((), base.COUNTER_DTYPE),
-        jnp.asarray(False),
-        zero,
-    )
-    _, low, _, trials, accepted, rate = jax.lax.while_loop(cond, body, init)
-    # At the trial cap Goldstein falls back on the longest step that passed
-    # the sufficient-decrease half of its test.
-    rate = jnp.where(accepted, rate, low)
+    no_trials = jnp.zeros((), base.COUNTER_DTYPE)
+    init = (jnp.asarray(initial, dtype), no_trials, jnp.asarray(False))
+    if goldstein:
+        init = (*init, zero, jnp.asarray(jnp.inf, dtype))
+        rate, trials, accepted, low, _ = jax.lax.while_loop(cond, bracket, init)
+        # At the trial cap Goldstein falls back on the longest step that
+        # passed the sufficient-decrease half of its test.
+        rate = jnp.where(accepted, rate, low)
+    else:
+        rate, trials, accepted = jax.lax.while_loop(cond, backtrack, init)
+        rate = jnp.where(accepted, rate, zero)
     accepted = active & (rate > 0)
     return jnp.where(accepted, rate, zero), trials, accepted
+
+
+def _direction(updates, grad, dtype, trust_direction):
+    """Search direction, its slope, whether it was kept, whether all is finite.
+
+    The direction is ``updates``, or ``-grad`` when ``updates`` does not
+    descend. Slopes are finite only if grad and direction are: a nan or an
+    inf entry (even facing a zero) makes the products nan or inf.
+    """
+    given_slope = otu.tree_vdot(grad, updates).astype(dtype)
+    if trust_direction:
+        return updates, given_slope, jnp.asarray(True), jnp.isfinite(given_slope)
+    grad_slope = -otu.tree_vdot(grad, grad).astype(dtype)
+    descent = given_slope < 0
+    direction = jax.tree_util.tree_map(
+        lambda d, g: jnp.where(descent, d, -g), updates, grad
+    )
+    slope = jnp.where(descent, given_slope, grad_slope)
+    return direction, slope, descent, jnp.isfinite(given_slope + grad_slope)
 
 
 def default_backtracks(shrink: float) -> int:
@@ -152,6 +168,7 @@ def scale_by_armijo(
     fallback_learning_rate: float | None = None,
     independent_batch: bool = False,
     has_aux: bool = False,
+    trust_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scales the descent direction by a step found by Armijo backtracking.
 
@@ -203,6 +220,9 @@ def scale_by_armijo(
         means a zero update instead.
       independent_batch: evaluate the reference value with ``value_fn``.
       has_aux: ``value_fn`` returns ``(loss, aux)``; ``aux`` is ignored.
+      trust_direction: skip the descent test and the switch to
+        :math:`-\nabla f`, for callers whose ``updates`` are :math:`-\nabla f`
+        already (one product and one pass over the params fewer per update).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -278,14 +298,10 @@ def scale_by_armijo(
         else:
             value = jnp.asarray(base.extra_arg(extra_args, "value", caller), dtype)
 
-        # Search along -grad when the given direction does not descend.
-        slope = otu.tree_vdot(grad, updates).astype(dtype)
-        descent = slope < 0
-        direction = jax.tree_util.tree_map(
-            lambda d, g: jnp.where(descent, d, -g), updates, grad
+        direction, slope, descent, finite = _direction(
+            updates, grad, dtype, trust_direction
         )
-        slope = jnp.where(descent, slope, -otu.tree_vdot(grad, grad).astype(dtype))
-        finite = jnp.isfinite(value) & jnp.isfinite(slope) & _tree_all_finite(direction)
+        finite = finite & jnp.isfinite(value)
 
         cap = jnp.asarray(max_learning_rate, dtype)
         initial = _initial_rate(state.learning_rate, learning_rate, cap, reset, growth)
@@ -400,8 +416,14 @@ def armijo_sgd(
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
+    # Without momentum the direction is -grad by construction: no descent test.
     search = scale_by_armijo(
-        learning_rate, c1, shrink, max_backtracks, **search_options
+        learning_rate,
+        c1,
+        shrink,
+        max_backtracks,
+        trust_direction=momentum == 0.0,
+        **search_options,
     )
     if momentum == 0.0:
         return optax.chain(optax.scale(-1.0), search)
