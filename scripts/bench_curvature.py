@@ -6,8 +6,9 @@ Prints, per hidden width of the digits MLP (full training batch, float32):
     gradient (targets: HVP <= 2.5, so_opt.hvp / bare <= 1.10, GGN <= 2);
   * ``so_opt.hessian_matrix`` against ``jax.hessian``: time and peak memory
     (XLA's compiled ``memory_analysis``: arguments + outputs + temporaries);
-  * 10 Hessian-vector products at one point, done one after another as in CG:
-    linearize once then 10 tangent passes, against 10 independent products.
+  * 10 curvature products at one point, one after another as in CG: one
+    ``jax.linearize`` then 10 tangent passes, against 10 independent products
+    (and so_opt's ``linearize_hvp`` / ``linearize_ggn``).
 
 Every function is jitted and warmed up; candidates are interleaved within each
 repeat and the median over repeats is reported, so drifting load on a shared
@@ -110,20 +111,42 @@ def bench_products(width, dtype, repeats):
 
 
 def bench_repeated(width, dtype, repeats):
-    """10 sequential products at one point: linearize once vs independent."""
-    params, loss, _, _ = make_problem(width, dtype)
+    """10 sequential products at one point: linearized once vs independent.
+
+    "linearized" stores the residuals of one ``jax.linearize`` and replays the
+    tangent pass; "independent" reruns forward-over-reverse each time. so_opt's
+    ``linearize_hvp`` / ``linearize_ggn`` are timed too: they use the winner.
+    """
+    params, loss, model_fn, output_loss_fn = make_problem(width, dtype)
     keys = jax.random.split(jax.random.key(2), NUM_PRODUCTS)
     vectors = jax.vmap(lambda k: otu.tree_random_like(k, params))(keys)
 
-    def independent(p, vs):
-        return jax.lax.map(lambda v: so_opt.hvp(loss, p, v), vs)
+    def hvp_independent(p, vs):
+        return jax.lax.map(lambda v: jax.jvp(jax.grad(loss), (p,), (v,))[1], vs)
 
-    def linearized(p, vs):
-        _, hvp_fn = so_opt.linearize_hvp(loss, p)
+    def hvp_linearized(p, vs):
+        _, hvp_fn = jax.linearize(jax.grad(loss), p)
         return jax.lax.map(hvp_fn, vs)
 
-    fns = {"independent": jax.jit(independent), "linearized": jax.jit(linearized)}
-    candidates = {n: (lambda f=f: f(params, vectors)) for n, f in fns.items()}
+    def hvp_so_opt(p, vs):
+        return jax.lax.map(so_opt.linearize_hvp(loss, p)[1], vs)
+
+    def ggn_independent(p, vs):
+        ggn = lambda v: so_opt.ggn_vp(model_fn, output_loss_fn, p, v)
+        return jax.lax.map(ggn, vs)
+
+    def ggn_so_opt(p, vs):
+        return jax.lax.map(so_opt.linearize_ggn(model_fn, output_loss_fn, p), vs)
+
+    fns = {
+        "hvp independent": hvp_independent,
+        "hvp linearized": hvp_linearized,
+        "so_opt.linearize_hvp": hvp_so_opt,
+        "ggn independent": ggn_independent,
+        "so_opt.linearize_ggn": ggn_so_opt,
+    }
+    jitted = {n: jax.jit(f) for n, f in fns.items()}
+    candidates = {n: (lambda f=f: f(params, vectors)) for n, f in jitted.items()}
     return time_interleaved(candidates, repeats)
 
 
@@ -167,17 +190,20 @@ def main():
             flush=True,
         )
 
-    print(f"\n## {NUM_PRODUCTS} sequential HVPs at one point (ms)\n")
-    print("| width | independent | linearize once | faster |")
-    print("|---|---|---|---|")
+    print(f"\n## {NUM_PRODUCTS} sequential products at one point (ms)\n")
+    names = [
+        "hvp independent",
+        "hvp linearized",
+        "so_opt.linearize_hvp",
+        "ggn independent",
+        "so_opt.linearize_ggn",
+    ]
+    print("| width | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
     for width in args.widths:
         t = bench_repeated(width, args.dtype, args.repeats)
-        faster = min(t, key=t.get)
-        print(
-            f"| {width} | {1e3 * t['independent']:.2f} | "
-            f"{1e3 * t['linearized']:.2f} | {faster} |",
-            flush=True,
-        )
+        cells = " | ".join(f"{1e3 * t[n]:.2f}" for n in names)
+        print(f"| {width} | {cells} |", flush=True)
 
     print("\n## Dense Hessian (time ms; peak MiB from compiled memory_analysis)\n")
     print("| width | k | hessian_matrix ms | jax.hessian ms | ratio | ", end="")

@@ -8,8 +8,9 @@ own state) and the median wall time of one jitted step (value and gradient,
 line search, params update).
 
 Every step is jitted and compiled before timing; the two candidates take
-their steps in turn (interleaved, alternating who goes first) along their own trajectories, so drifting
-load on a shared machine hits both alike. Medians over steps are reported.
+their steps in turn (interleaved, alternating who goes first) along their own
+trajectories, so drifting load on a shared machine hits both alike.
+Medians over steps are reported.
 
 Usage:
   .venv/bin/python scripts/bench_linesearch.py [--steps 60] [--problems ...]

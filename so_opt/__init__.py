@@ -71,6 +71,8 @@ from so_opt._src.newton import NewtonState as NewtonState
 from so_opt._src.newton import newton as newton
 
 # --- Flax NNX glue (issue 2) -------------------------------------------------
+from so_opt._src.nnx_glue import NNXObjective as NNXObjective
+from so_opt._src.nnx_glue import nnx_objective as nnx_objective
 
 try:
     __version__ = _metadata.version("so-opt")

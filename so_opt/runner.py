@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from so_opt import sharding
 from so_opt._src import base
 from so_opt.problems import Problem
 
@@ -48,6 +49,9 @@ class RunSettings:
       eval_every: in the mini-batch regime, evaluate the full training loss
         every this many steps (the full-batch regime records it every step).
       seed: seed of the initial params and of the batch order.
+      max_grad_equivalents: work budget in gradient equivalents (needs the
+        problem's measured cost ratios, see :func:`measure_cost_ratios`), or
+        ``None``.
     """
 
     regime: str = "full"
@@ -56,6 +60,7 @@ class RunSettings:
     batch_size: int = 128
     eval_every: int = 10
     seed: int = 0
+    max_grad_equivalents: float | None = None
 
     def __post_init__(self):
         if self.regime not in REGIMES:
@@ -67,6 +72,8 @@ class RunSettings:
         base.check_int_at_least(self.eval_every, "eval_every", 1)
         if self.max_seconds is not None:
             base.check_positive(self.max_seconds, "max_seconds")
+        if self.max_grad_equivalents is not None:
+            base.check_positive(self.max_grad_equivalents, "max_grad_equivalents")
 
 
 def _wrap(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -138,6 +145,8 @@ def run(
     extra_arg_names: tuple[str, ...] | None = None,
     peer_grad_evals: Callable[[Any], jax.Array] | None = None,
     progress: Callable[[int], None] | None = None,
+    cost_ratios: dict[str, float] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
     """Runs ``optimizer`` on ``problem`` under ``settings`` and records history.
 
@@ -153,16 +162,36 @@ def run(
         so_opt :class:`~so_opt.Costs` record, ``state -> gradients`` spent
         inside the last update (e.g. optax's zoom line-search steps).
       progress: called with the number of steps just finished (a tqdm hook).
+      cost_ratios: the problem's measured cost ratios; required with
+        ``settings.max_grad_equivalents``.
+      mesh: a device mesh with a ``"data"`` axis
+        (:func:`so_opt.sharding.make_mesh`): batches are sharded over it,
+        params and optimizer state replicated. The training set, and in the
+        mini-batch regime ``settings.batch_size``, must be multiples of its
+        device count (see :func:`so_opt.sharding.shard_problem` for a trim
+        rule). ``None``: the default device, unsharded.
 
     Returns:
       A JSON-ready dict: ``history`` (per recorded step: step, seconds, loss,
       train loss, value/gradient/HVP evaluations), ``final`` metrics,
       ``steps``, ``seconds``, ``status`` and the cumulative ``costs``.
     """
+    if settings.max_grad_equivalents is not None and cost_ratios is None:
+        raise ValueError(
+            "`cost_ratios` is required when `settings.max_grad_equivalents` is set."
+        )
+    if mesh is not None:
+        if settings.regime == "minibatch":
+            sharding.check_batch_size(settings.batch_size, mesh)
+        problem = sharding.shard_problem(problem, mesh)
     params = problem.init_params(settings.seed)
     state = _wrap(optimizer).init(params)
+    if mesh is not None:
+        params, state = sharding.replicate((params, state), mesh)
     step = make_step(problem, optimizer, value_and_grad, extra_arg_names)
     batches = _batches(problem, settings)
+    if mesh is not None:
+        batches = (sharding.shard_batch(b, mesh) for b in batches)
 
     # Compile (and discard) two steps so that compilation is charged to nobody:
     # some states (optax's own line searches) change weak types after their
@@ -228,6 +257,17 @@ def run(
         if settings.max_seconds is not None and seconds >= settings.max_seconds:
             status = "max_seconds"
             break
+        if settings.max_grad_equivalents is not None:
+            own = base.costs(state)
+            work = gradient_equivalents(
+                int(own.value_evals),
+                driver_grads + peer_grads + int(own.grad_evals),
+                int(own.hvp_evals),
+                cost_ratios,
+            )
+            if work >= settings.max_grad_equivalents:
+                status = "max_grad_equivalents"
+                break
         batch = next(batches)
 
     if step._cache_size() > compiled:

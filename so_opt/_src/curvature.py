@@ -64,6 +64,16 @@ def _checked_linear_map(linear_fn: Callable, params: Params) -> Callable:
     return checked
 
 
+def _hvp_at(grad_fn: Callable, params: Params) -> Callable:
+    """Returns ``v -> jvp(grad_fn)(params; v)`` with ``params`` held fixed.
+
+    Each product reruns forward over reverse instead of replaying a stored
+    ``jax.linearize``: measured as fast or faster on CPU (BENCHMARKS.md), and
+    it holds no residuals between products.
+    """
+    return lambda vector: jax.jvp(grad_fn, (params,), (vector,))[1]
+
+
 def hvp(fun: Callable[[Params], jax.Array], params: Params, vector: Params) -> Params:
     r"""Hessian-vector product of a scalar function, forward over reverse.
 
@@ -72,7 +82,7 @@ def hvp(fun: Callable[[Params], jax.Array], params: Params, vector: Params) -> P
 
     computed as ``jax.jvp(jax.grad(fun), (params,), (vector,))``: about two to
     three gradients of work and the memory of one gradient. For many products at
-    the same point, :func:`linearize_hvp` shares the primal pass.
+    the same point, :func:`linearize_hvp` does the checks and the gradient once.
 
     Args:
       fun: scalar function of ``params`` (the loss on the current batch).
@@ -100,8 +110,7 @@ def hvp(fun: Callable[[Params], jax.Array], params: Params, vector: Params) -> P
     """
     base.check_float_params(params)
     tree.check_tree_like(vector, params, "vector")
-    grad_fn = jax.grad(_checked_scalar_fun(fun, "fun"))
-    return jax.jvp(grad_fn, (params,), (vector,))[1]
+    return _hvp_at(jax.grad(_checked_scalar_fun(fun, "fun")), params)(vector)
 
 
 def linearize_hvp(
@@ -109,9 +118,12 @@ def linearize_hvp(
 ) -> tuple[Params, Callable[[Params], Params]]:
     r"""Returns the gradient at ``params`` and the map :math:`v \mapsto Hv`.
 
-    The gradient map is linearized once (``jax.linearize``): its primal pass and
-    residuals are computed here, and each later product costs one tangent pass.
-    Use it when several products are taken at one point (CG, Lanczos).
+    The checks and the gradient happen once, here. Each product then runs
+    forward over reverse at the fixed point: replaying one ``jax.linearize``
+    (stored residuals, one tangent pass per product) was measured no faster
+    for 10 products in a row on the digits MLP, so it is not used (see
+    ``BENCHMARKS.md``). Use it when several products are taken at one point
+    (CG, Lanczos).
 
     Args:
       fun: scalar function of ``params``.
@@ -139,8 +151,7 @@ def linearize_hvp(
     """
     base.check_float_params(params)
     grad_fn = jax.grad(_checked_scalar_fun(fun, "fun"))
-    grad, hvp_fn = jax.linearize(grad_fn, params)
-    return grad, _checked_linear_map(hvp_fn, params)
+    return grad_fn(params), _checked_linear_map(_hvp_at(grad_fn, params), params)
 
 
 def ggn_vp(
@@ -267,10 +278,10 @@ def hessian_matrix(
       H_{ij} = \frac{\partial^2 f}{\partial x_i \partial x_j}, \qquad
       H[i{:}i{+}c] = \big(H e_i, \dots, H e_{i+c-1}\big)^\top ,
 
-    built ``chunk_size`` rows at a time from vmapped Hessian-vector products of
-    the gradient map linearized once, written into one preallocated ``k x k``
-    buffer. Peak memory is the matrix plus one chunk of products, instead of
-    ``k`` simultaneous products as in ``jax.hessian``. The size is checked
+    built ``chunk_size`` rows at a time from vmapped forward-over-reverse
+    Hessian-vector products, written into one preallocated ``k x k`` buffer.
+    Peak memory is the matrix plus one chunk of products, instead of ``k``
+    simultaneous products as in ``jax.hessian``. The size is checked
     against ``memory_budget_bytes`` before anything is allocated.
 
     Args:
@@ -318,8 +329,7 @@ def hessian_matrix(
     chunk_size = min(chunk_size, k)
 
     x, flat_fun = _flat_problem(fun, params)
-    _, flat_hvp = jax.linearize(jax.grad(flat_fun), x)
-    batched_hvp = jax.vmap(flat_hvp)
+    batched_hvp = jax.vmap(_hvp_at(jax.grad(flat_fun), x))
     num_chunks = math.ceil(k / chunk_size)
 
     def fill_rows(i, hessian):
@@ -372,8 +382,8 @@ def hessian_eigenvalues(
     .. math::
       \min_j |\lambda_j - \theta_i| \le |\beta_m\, s_{m,i}| .
 
-    Costs ``num_iterations`` Hessian-vector products (the gradient map is
-    linearized once) and ``O(num_iterations * k)`` memory for the basis.
+    Costs ``num_iterations`` Hessian-vector products and
+    ``O(num_iterations * k)`` memory for the basis.
 
     Args:
       fun: scalar function of ``params``.
@@ -425,7 +435,7 @@ def hessian_eigenvalues(
     )
 
     x, flat_fun = _flat_problem(fun, params)
-    _, flat_hvp = jax.linearize(jax.grad(flat_fun), x)
+    flat_hvp = _hvp_at(jax.grad(flat_fun), x)
     v0 = jax.random.normal(key, x.shape, x.dtype)
     result = lanczos.lanczos(flat_hvp, v0, num_iterations)
     values, residuals = lanczos.ritz_values(result)
@@ -470,8 +480,8 @@ def hessian_trace(
       \qquad \mathrm{SE} = \frac{\operatorname{std}(z_s^\top H z_s)}{\sqrt{n}} .
 
     Rademacher probes give the smallest variance among i.i.d. probes,
-    :math:`2 \sum_{i \ne j} H_{ij}^2`. The gradient map is linearized once and
-    ``batch_size`` products are vmapped together.
+    :math:`2 \sum_{i \ne j} H_{ij}^2`. ``batch_size`` products are vmapped
+    together.
 
     Args:
       fun: scalar function of ``params``.
@@ -503,7 +513,7 @@ def hessian_trace(
     base.check_int_at_least(num_samples, "num_samples", 2)
     base.check_int_at_least(batch_size, "batch_size", 1)
     x, flat_fun = _flat_problem(fun, params)
-    _, flat_hvp = jax.linearize(jax.grad(flat_fun), x)
+    flat_hvp = _hvp_at(jax.grad(flat_fun), x)
 
     # Probes are drawn on the flat vector: one sampler per probe instead of
     # one per leaf, which also keeps the compiled loop small.
