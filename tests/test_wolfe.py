@@ -152,6 +152,35 @@ def test_nan_region_is_never_accepted():
     assert bool(jnp.all(jnp.isfinite(x - res.learning_rate * grad)))
 
 
+@pytest.mark.parametrize("offset_ulps, found", [(2, True), (100, False)])
+def test_decrease_below_roundoff_is_judged_by_the_slopes(offset_ulps, found):
+    # f = 1 + |x|^2 / 2 near x = 0: the true decrease of the step to the
+    # minimizer, 1.25e-17, is below half an ulp of 1, so f(x0) rounds to 1.
+    # Every other point reads `offset_ulps` ulps high, a stand-in for
+    # roundoff the gradient does not see.
+    x0 = jnp.array([3e-9, -4e-9])
+    eps = float(jnp.finfo(jnp.float64).eps)
+
+    def f(x):
+        at_start = jnp.all(x == x0)
+        noise = jnp.where(at_start, 0.0, offset_ulps * eps)
+        return 1.0 + 0.5 * jnp.sum(x**2) + jax.lax.stop_gradient(noise)
+
+    value, grad = jax.value_and_grad(f)(x0)
+    assert float(value) == 1.0
+    res = so_opt.wolfe_line_search(f, x0, -grad, value, grad)
+    if found:
+        # Within the roundoff band the secant rule sees the decrease
+        # (phi'(0) + phi'(1)) / 2 = -|x0|^2 / 2 and the zero slope at t = 1.
+        assert int(res.status) == StatusCode.RUNNING and bool(res.wolfe)
+        assert float(res.learning_rate) == 1.0
+        assert int(res.num_trials) == 1
+    else:
+        # A rise of 100 ulps is measurable: never accepted, whatever the slopes.
+        assert int(res.status) == StatusCode.LINE_SEARCH_FAILED
+        assert float(res.learning_rate) == 0.0
+
+
 def test_ascent_direction_fails_without_evaluating():
     f = lambda x: jnp.sum(x**2)
     x = jnp.array([1.0, 1.0])

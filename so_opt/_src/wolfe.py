@@ -29,6 +29,12 @@ CONDITIONS = ("strong_wolfe", "armijo")
 # Phases of the search loop.
 _BRACKET, _ZOOM = 0, 1
 
+# Values closer than this many ulps of |f(x)| are taken as equal up to
+# roundoff (a loss summed over a data set shows 1-2 ulps of noise), and the
+# decrease is then judged from the slopes. Known shortcoming: the scale is
+# |f(x)|, so a loss near zero made of large cancelling terms is not covered.
+_ROUNDOFF_ULPS = 10
+
 
 class WolfeResult(NamedTuple):
     """Outcome of :func:`wolfe_line_search`.
@@ -136,6 +142,17 @@ def _interpolate(lo, f_lo, d_lo, hi, f_hi, d_hi):
     return jnp.where(inside(cubic), cubic, jnp.where(inside(quad), quad, middle))
 
 
+def _secant_lower(f, f_ref, dt, slope, d_ref, noise, bound):
+    r"""Whether values within ``noise`` of each other still show a change <= bound.
+
+    The change :math:`\phi(t) - \phi(t_r)` is estimated by the secant rule
+    :math:`(t - t_r)(\phi'(t) + \phi'(t_r)) / 2`, exact for a quadratic, and
+    used only where the two values differ by no more than their roundoff.
+    """
+    within = jnp.abs(f - f_ref) <= noise
+    return within & (0.5 * dt * (slope + d_ref) <= bound) & jnp.isfinite(slope)
+
+
 class _Search(NamedTuple):
     """Loop carry of the line search."""
 
@@ -167,13 +184,20 @@ def _search_step(carry: _Search, *, evaluate, f0, d0, c1, c2, curvature, grow, t
     f, g, slope, aux = evaluate(t)
 
     # A non-finite trial fails the decrease test, so the search moves away.
-    decrease = jnp.isfinite(f) & (f <= f0 + c1 * t * d0)
+    # Within roundoff of f(x) the values cannot show the decrease; there the
+    # secant estimate of the change, exact for a quadratic, is used as well.
+    noise = _ROUNDOFF_ULPS * jnp.finfo(f0.dtype).eps * jnp.abs(f0)
+    secant_drop = _secant_lower(f, f0, t, slope, d0, noise, c1 * t * d0)
+    decrease = jnp.isfinite(f) & ((f <= f0 + c1 * t * d0) | secant_drop)
     flat = jnp.abs(slope) <= -c2 * d0 if curvature else jnp.asarray(True)
     f_ref = jnp.where(zoom, carry.f_lo, carry.f_prev)
+    t_ref = jnp.where(zoom, carry.lo, carry.t_prev)
+    # In both phases d_lo holds the slope at the reference point.
+    lower = _secant_lower(f, f_ref, t - t_ref, slope, carry.d_lo, noise, 0.0)
     first = (carry.trials == 0) & ~zoom
-    too_high = ~decrease | ((f >= f_ref) & ~first)
+    too_high = ~decrease | ((f >= f_ref) & ~lower & ~first)
     accept = ~too_high & flat
-    improves = decrease & (f < carry.f_best)
+    improves = (decrease & (f < carry.f_best)) | accept
 
     # Bracketing: a too-high trial or a rising slope closes the bracket.
     rising = ~too_high & ~flat & (slope >= 0)
@@ -251,7 +275,12 @@ def wolfe_line_search(
     The search starts at ``learning_rate``, grows the step by
     ``increase_factor`` until a bracket is found, then zooms with safeguarded
     cubic interpolation. Every trial is one value-and-gradient evaluation.
-    Non-finite trial values count as too high. If ``max_trials`` run out, the
+    Non-finite trial values count as too high. Where a trial's value is
+    within roundoff of the value it is compared with (10 ulps of
+    :math:`|\phi(0)|`), the comparison also accepts the secant estimate
+    :math:`\phi(\eta) - \phi(0) \approx \eta (\phi'(0) + \phi'(\eta)) / 2`,
+    so that a run can reach gradients whose decrease is below an ulp of the
+    loss; a measurable rise is never accepted. If ``max_trials`` run out, the
     lowest trial that met sufficient decrease is returned (``wolfe`` False);
     if there is none, the step is 0 and the status ``LINE_SEARCH_FAILED``.
     With ``condition="armijo"`` only the first inequality is required (the
