@@ -166,10 +166,12 @@ def run(
         ``settings.max_grad_equivalents``.
       mesh: a device mesh with a ``"data"`` axis
         (:func:`so_opt.sharding.make_mesh`): batches are sharded over it,
-        params and optimizer state replicated. The training set, and in the
-        mini-batch regime ``settings.batch_size``, must be multiples of its
-        device count (see :func:`so_opt.sharding.shard_problem` for a trim
-        rule). ``None``: the default device, unsharded.
+        params and optimizer state replicated. In the full-batch regime the
+        training set must be a multiple of its device count (or pass a
+        problem already trimmed by :func:`so_opt.sharding.shard_problem`
+        with ``remainder="trim"``); in the mini-batch regime
+        ``settings.batch_size`` must be, and a training set that does not
+        divide is replicated. ``None``: the default device, unsharded.
 
     Returns:
       A JSON-ready dict: ``history`` (per recorded step: step, seconds, loss,
@@ -181,9 +183,13 @@ def run(
             "`cost_ratios` is required when `settings.max_grad_equivalents` is set."
         )
     if mesh is not None:
+        remainder = "error"
         if settings.regime == "minibatch":
             sharding.check_batch_size(settings.batch_size, mesh)
-        problem = sharding.shard_problem(problem, mesh)
+            # The whole set only feeds evaluations and the draw of batches
+            # here, so one that does not divide is replicated, not refused.
+            remainder = "replicate"
+        problem = sharding.shard_problem(problem, mesh, remainder=remainder)
     params = problem.init_params(settings.seed)
     state = _wrap(optimizer).init(params)
     if mesh is not None:

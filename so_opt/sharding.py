@@ -16,7 +16,10 @@ The rules:
 - A problem's full training set (the full-batch regime) follows the same
   rule; :func:`shard_problem` with ``remainder="trim"`` instead drops the
   last ``num_train % num_devices`` examples with a :class:`UserWarning`
-  that says how many.
+  that says how many. In the mini-batch regime the whole training set only
+  feeds evaluations and the draw of batches, so the runner asks for
+  ``remainder="replicate"``: kept whole on every device when it does not
+  divide.
 - Validation and test sets only feed metrics: they are sharded when their
   size divides, and replicated otherwise, so no example is ever left out of
   an evaluation.
@@ -42,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from so_opt.problems import Problem
 
 DATA_AXIS = "data"
-REMAINDERS = ("error", "trim")
+REMAINDERS = ("error", "trim", "replicate")
 
 _MSG_NOT_DIVISIBLE = (
     "`{name}` must be a multiple of the {devices} devices on the mesh's "
@@ -213,15 +216,17 @@ def shard_problem(
     The training set is sharded with :func:`shard_batch`. When its size is
     not a multiple of the device count ``n``, ``remainder`` decides:
     ``"error"`` raises, ``"trim"`` drops the last ``num_train % n`` examples
-    (in the stored order) and warns how many. Validation and test sets are
-    sharded when their size divides by ``n`` and replicated otherwise, so
-    metrics always use every example. Test functions (no data) come back
+    (in the stored order) and warns how many, ``"replicate"`` keeps every
+    example with a full copy on each device (for a training set that only
+    feeds evaluations and the draw of mini-batches). Validation and test
+    sets are sharded when their size divides by ``n`` and replicated
+    otherwise, so metrics always use every example. Test functions (no data) come back
     unchanged.
 
     Args:
       problem: the objective.
       mesh: the device mesh.
-      remainder: ``"error"`` or ``"trim"``.
+      remainder: ``"error"``, ``"trim"`` or ``"replicate"``.
       axis_name: the mesh axis to shard over.
 
     Returns:
@@ -261,7 +266,7 @@ def shard_problem(
                 ),
             )
         )
-    if extra:
+    if extra and remainder == "trim":
         warnings.warn(
             f"shard_problem: dropping the last {extra} of {num_train} training "
             f"examples of `{problem.name}` so that the training set divides over "
@@ -271,16 +276,17 @@ def shard_problem(
         )
         train = _trim(train, num_train - extra)
 
-    def place_eval(batch):
+    def place(batch, name):
+        # Shard what divides, replicate what does not: never drop an example.
         if batch is None:
             return None
         if _num_examples(batch) % devices:
             return replicate(batch, mesh)
-        return shard_batch(batch, mesh, axis_name)
+        return shard_batch(batch, mesh, axis_name, name=name)
 
     return dataclasses.replace(
         problem,
-        train=shard_batch(train, mesh, axis_name, name="problem.train"),
-        valid=place_eval(problem.valid),
-        test=place_eval(problem.test),
+        train=place(train, "problem.train"),
+        valid=place(problem.valid, "problem.valid"),
+        test=place(problem.test, "problem.test"),
     )

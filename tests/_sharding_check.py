@@ -68,6 +68,10 @@ def main(names: list[str]) -> None:
         "train": [_describe(x) for x in sharded.train],
         "test": [_describe(x) for x in sharded.test],
         "valid": [_describe(x) for x in sharded.valid],
+        "replicated_train": [
+            _describe(x)
+            for x in sharding.shard_problem(problem, mesh, remainder="replicate").train
+        ],
         "errors": {
             "problem": _error(lambda: sharding.shard_problem(problem, mesh)),
             "batch": _error(
@@ -87,12 +91,27 @@ def main(names: list[str]) -> None:
         "runs": {},
     }
 
-    # One step by hand: the batch really is split, the params stay whole.
+    # One step by hand: the compiled step takes the batch split and the params
+    # whole, XLA put the reductions in, and the params stay whole after it.
     step = runner.make_step(sharded, so_opt.armijo_sgd())
     params = sharding.replicate(sharded.init_params(0), mesh)
     state = sharding.replicate(so_opt.armijo_sgd().init(params), mesh)
-    params, state, _, _ = step(params, state, sharded.train)
+    compiled = step.lower(params, state, sharded.train).compile()
+    batch_in = jax.tree_util.tree_leaves(compiled.input_shardings[0][2])
+    out["step_batch_specs"] = [list(s.spec) for s in batch_in]
+    out["step_all_reduces"] = compiled.as_text().count("all-reduce(")
+    params, state, _, _ = compiled(params, state, sharded.train)
     out["step_params"] = [_describe(x) for x in jax.tree_util.tree_leaves(params)]
+
+    # Mini-batches on the untrimmed problem: 1258 examples do not divide over
+    # 4 devices, so the whole set is replicated and only the batches split.
+    minibatch = runner.RunSettings(
+        regime="minibatch", max_steps=STEPS, batch_size=64, eval_every=5
+    )
+    out["minibatch"] = {
+        key: runner.run(problem, so_opt.armijo_sgd(), minibatch, mesh=m)["history"]
+        for key, m in (("one", None), ("four", mesh))
+    }
 
     settings = runner.RunSettings(regime="full", max_steps=STEPS)
     for name in names:

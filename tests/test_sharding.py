@@ -86,9 +86,30 @@ def test_trim_drops_the_remainder_and_says_so(four_devices):
     assert "dropping the last 2 of 1258 training examples" in message
 
 
-def test_params_stay_replicated_after_a_step(four_devices):
+def test_replicate_rule_keeps_every_training_example(four_devices):
+    for leaf in four_devices["replicated_train"]:
+        assert leaf["replicated"] and leaf["devices"] == 4
+        assert leaf["shard_shapes"][0][0] == 1258
+
+
+def test_compiled_step_splits_the_batch_and_reduces_over_devices(four_devices):
+    assert four_devices["step_batch_specs"] == [["data"], ["data"]]
+    # At least one all-reduce for the gradient and one inside the line-search
+    # loop, whose trials are evaluated on the split batch too.
+    assert four_devices["step_all_reduces"] >= 2
     for leaf in four_devices["step_params"]:
         assert leaf["replicated"] and leaf["devices"] == 4
+
+
+def test_minibatch_run_on_an_indivisible_training_set(four_devices):
+    # The same batches in the same order: the histories agree, including the
+    # full training loss evaluated on the replicated set.
+    one, four = four_devices["minibatch"]["one"], four_devices["minibatch"]["four"]
+    assert one["step"] == four["step"] == [5, 10]
+    assert one["value_evals"] == four["value_evals"]
+    for key in ("loss", "train_loss"):
+        np.testing.assert_allclose(four[key], one[key], rtol=RTOL, err_msg=key)
+    assert one["train_loss"][-1] < one["train_loss"][0]
 
 
 def test_indivisible_sizes_raise_clear_errors(four_devices):
@@ -122,6 +143,25 @@ def test_four_devices_match_one_device(four_devices, name):
 
 
 # --- on the single default device ---------------------------------------------
+
+
+def test_optimizers_hold_no_sharding_code():
+    # Data parallelism lives in so_opt.sharding and the runner only: the
+    # optimizers' code paths are the same sharded or not.
+    words = (
+        "jax.sharding",
+        "NamedSharding",
+        "PartitionSpec",
+        "Mesh(",
+        "shard_map",
+        "with_sharding_constraint",
+    )
+    paths = sorted((ROOT / "so_opt" / "_src").rglob("*.py"))
+    assert len(paths) > 10
+    for path in paths:
+        text = path.read_text()
+        for word in words:
+            assert word not in text, f"{word} in {path.relative_to(ROOT)}"
 
 
 def test_make_mesh_rejects_device_counts_out_of_range():
