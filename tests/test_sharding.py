@@ -192,3 +192,26 @@ def test_run_on_a_one_device_mesh_is_the_plain_run():
     meshed = runner.run(problem, optax.sgd(0.1), settings, mesh=sharding.make_mesh(1))
     assert meshed["history"]["loss"] == plain["history"]["loss"]
     assert meshed["final"] == plain["final"]
+
+
+@pytest.mark.slow
+def test_multihost_example_matches_one_process():
+    # Two processes joined by jax.distributed on this machine (CPU, gloo):
+    # the documented multi-host start, checked against a single process.
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "multihost_example.py"),
+            "--local=2",
+            "--method=hessian_free",
+            "--steps=4",
+            "--timeout=300",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert "hessian_free: 2 processes x 1 devices against 1 process" in done.stdout
