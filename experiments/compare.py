@@ -1,11 +1,20 @@
 """The ``compare`` study: every registered optimizer on one problem, same budget.
 
-Run ``python -m experiments.compare --help`` for the options. Results go to
-``<out>/<run-id>/``: ``results.json`` (config, environment, measured cost
-ratios, every run's per-step history), ``summary.md`` / ``summary.csv`` and
-PNG plots of the train loss against steps, wall time and gradient
-equivalents. Each finished (regime, optimizer, seed) run is also written on
-its own under ``runs/`` the moment it ends, so a study that is killed resumes
+Run ``python -m experiments.compare --help`` for the options. A study is set
+by a TOML config (``--config``, default ``experiments/configs/default.toml``)
+with command-line overrides; the whole config is checked, and the problem and
+every optimizer built, before any work starts.
+
+With ``tune = true`` every method with a declared grid (``registry``) runs
+each grid point once, on the first seed and under the same budget as every
+other run, and keeps the point with the lowest final validation loss; the
+trials and the choice go into ``results.json`` and the report. The chosen
+point then runs on every seed (the first seed's trial is reused as its run).
+
+Results go to ``<out>/<run-id>/``: ``results.json`` (config, environment,
+measured cost ratios, tuning, every run's per-step history), ``summary.md`` /
+``summary.csv`` and PNG plots. Each finished trial and run is written on its
+own under ``runs/`` the moment it ends, so a study that is killed resumes
 where it stopped when started again with the same ``--run-id``.
 """
 
@@ -14,23 +23,28 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import glob
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 from tqdm.auto import tqdm
 
+from experiments import config as configs
 from experiments import provenance, registry, report
-from so_opt import problems, runner
+from so_opt import problems, runner, sharding
 
 logger = logging.getLogger("experiments.compare")
 
-DEFAULTS = {"steps": 200, "seconds": 20.0, "batch_size": 128}
-QUICK = {"steps": 20, "seconds": 3.0}
+DEFAULT_CONFIG = os.path.join(configs.CONFIG_DIR, "default.toml")
+
+# The record of one (regime, optimizer, hyperparameters, seed) run.
+Job = dict[str, Any]
 
 
 def parse_value(text: str) -> Any:
@@ -62,9 +76,12 @@ def parse_hparams(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         name, dot, hparam = key.partition(".")
         if not dot:
             raise ValueError(f"`--hparam` expects OPTIMIZER.NAME=VALUE, got {key!r}.")
-        registry.get(name)
         out.setdefault(name, {})[hparam] = value
     return out
+
+
+def _csv(text: str, kind: type) -> list:
+    return [kind(x) for x in text.split(",") if x.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,130 +89,136 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.compare",
         description=(
             "Run optimizers on one problem under the same budget and write "
-            "results.json, a Markdown/CSV summary and loss plots."
+            "results.json, a Markdown/CSV summary and loss plots. Options given "
+            "here override the config file, which overrides the built-in defaults."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--problem",
-        default="digits_mlp",
-        help=f"problem name; one of: {', '.join(problems.names())}",
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--config", default=DEFAULT_CONFIG, help="TOML config file [%(default)s]")
+    add("--problem", help=f"problem name; one of: {', '.join(problems.names())}")
+    add(
         "--problem-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="keyword argument of the problem, repeatable (e.g. hidden=64,64)",
     )
-    parser.add_argument(
+    add(
         "--optimizers",
-        default="all",
-        help="comma-separated optimizer names, or 'all' for every one that runs "
-        f"in the regime; known: {', '.join(registry.names())}",
+        help="comma-separated optimizer names, or 'all' (each runs in the "
+        f"regimes it makes sense in); known: {', '.join(registry.names())}",
     )
-    parser.add_argument(
+    add(
         "--hparam",
         action="append",
         default=[],
         metavar="OPT.NAME=VALUE",
-        help="override an optimizer hyperparameter, repeatable "
+        help="fix an optimizer hyperparameter (it is then not tuned), repeatable "
         "(e.g. adam.learning_rate=0.003)",
     )
-    parser.add_argument(
-        "--regime",
-        choices=("full", "minibatch", "both"),
-        default="both",
-        help="full-batch steps, shuffled mini-batches, or both",
-    )
-    parser.add_argument(
-        "--steps", type=int, default=None, help=f"steps per run [{DEFAULTS['steps']}]"
-    )
-    parser.add_argument(
+    add("--regime", choices=("full", "minibatch", "both"), help="regimes to run")
+    add("--steps", type=int, help="step cap per run")
+    add(
         "--seconds",
         type=float,
-        default=None,
-        help=f"wall-time cap per run, compilation excluded [{DEFAULTS['seconds']}]; "
-        "0 for none",
+        help="wall-time cap per run, compilation excluded; 0: none",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=DEFAULTS["batch_size"], help="mini-batch size"
-    )
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=5,
-        help="mini-batch regime: record the full train loss every this many steps",
-    )
-    parser.add_argument(
-        "--seeds", default="0", help="comma-separated seeds (init and batch order)"
-    )
-    parser.add_argument(
-        "--target-loss",
+    add(
+        "--grad-equivalents",
         type=float,
-        default=None,
-        help="train loss for the time-to-target columns (default: the median "
-        "final train loss of each regime)",
+        help="work cap per run in gradient equivalents (measured ratios); 0: none",
     )
-    parser.add_argument(
+    add("--batch-size", type=int, help="mini-batch size")
+    add("--eval-every", type=int, help="minibatch: full train loss every N steps")
+    add("--seeds", help="comma-separated seeds (init and batch order)")
+    add("--targets", help="comma-separated target train losses (default: automatic)")
+    add(
+        "--tune",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tune each method's declared grid on the validation split",
+    )
+    add("--devices", type=int, help="shard the data over this many devices (a mesh)")
+    add(
         "--quick",
         action="store_true",
-        help=f"smoke-test preset: {QUICK['steps']} steps, {QUICK['seconds']} s "
-        "per run (explicit --steps/--seconds win)",
+        help=f"smoke-test preset {configs.QUICK} over the config file "
+        "(explicit options win)",
     )
-    parser.add_argument("--out", default="results", help="directory for results")
-    parser.add_argument(
+    add("--out", default="results", help="directory for results [%(default)s]")
+    add(
         "--run-id",
-        default=None,
         help="name of the result directory (default: problem and UTC time); "
         "reusing one resumes its unfinished runs",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide tqdm bar")
-    parser.add_argument(
+    add("--no-progress", action="store_true", help="hide the tqdm bar")
+    add(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="logging level",
+        help="logging level [%(default)s]",
     )
     return parser
 
 
+def _merged(base: Any, extra: dict[str, Any]) -> Any:
+    # Command-line tables add to (not replace) the file's; a bad file value is
+    # left for validation to report.
+    return {**base, **extra} if isinstance(base, Mapping) else extra
+
+
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The study's full configuration from parsed arguments (validated)."""
-    preset = QUICK if args.quick else DEFAULTS
-    steps = args.steps if args.steps is not None else preset["steps"]
-    seconds = args.seconds if args.seconds is not None else preset["seconds"]
-    regimes = ["full", "minibatch"] if args.regime == "both" else [args.regime]
-    if args.optimizers == "all":
-        optimizers = registry.names()
-    else:
-        optimizers = [n.strip() for n in args.optimizers.split(",") if n.strip()]
-        for name in optimizers:
-            registry.get(name)
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    if not seeds:
-        raise ValueError("`--seeds` must name at least one seed.")
-    return {
+    """Defaults < config file < ``--quick`` < options: the validated config.
+
+    Raises:
+      configs.ConfigError: naming the key that is wrong.
+    """
+    layer = configs.load_toml(args.config)
+    cli: dict[str, Any] = {}
+    simple = {
         "problem": args.problem,
-        "problem_args": parse_assignments(args.problem_arg, "--problem-arg"),
-        "optimizers": optimizers,
-        "hparams": parse_hparams(args.hparam),
-        "regimes": regimes,
-        "steps": steps,
-        "seconds": seconds or None,
+        "steps": args.steps,
+        "seconds": args.seconds,
+        "grad_equivalents": args.grad_equivalents,
         "batch_size": args.batch_size,
         "eval_every": args.eval_every,
-        "seeds": seeds,
-        "target_loss": args.target_loss,
-        "quick": bool(args.quick),
+        "tune": args.tune,
+        "devices": args.devices,
     }
+    cli.update({k: v for k, v in simple.items() if v is not None})
+    try:
+        if args.problem_arg:
+            extra = parse_assignments(args.problem_arg, "--problem-arg")
+            cli["problem_args"] = _merged(layer.get("problem_args", {}), extra)
+        if args.hparam:
+            hparams = dict(layer.get("hparams", {}))
+            for name, extra in parse_hparams(args.hparam).items():
+                hparams[name] = _merged(hparams.get(name, {}), extra)
+            cli["hparams"] = hparams
+        if args.optimizers is not None:
+            names = args.optimizers.strip()
+            cli["optimizers"] = "all" if names == "all" else _csv(names, str.strip)
+            cli["exclude"] = []
+        if args.regime is not None:
+            both = ["full", "minibatch"]
+            cli["regimes"] = both if args.regime == "both" else [args.regime]
+        if args.seeds is not None:
+            cli["seeds"] = _csv(args.seeds, int)
+        if args.targets is not None:
+            cli["targets"] = _csv(args.targets, float)
+    except ValueError as error:
+        raise configs.ConfigError(str(error)) from error
+    return configs.build(layer, configs.QUICK if args.quick else {}, cli)
 
 
-def _run_file(directory: str, regime: str, name: str, seed: int) -> str:
-    return os.path.join(directory, "runs", f"{regime}__{name}__seed{seed}.json")
+def _run_file(directory: str, job: Job) -> str:
+    tag = f"{job['regime']}__{job['optimizer']}"
+    if job.get("trial") is not None:
+        return os.path.join(directory, "runs", "tune", f"{tag}__{job['trial']}.json")
+    return os.path.join(directory, "runs", f"{tag}__seed{job['seed']}.json")
 
 
-def plan(config: dict[str, Any], problem: problems.Problem) -> list[dict[str, Any]]:
+def plan(config: dict[str, Any], problem: problems.Problem) -> list[Job]:
     """Every (regime, optimizer, seed) to run, or a reason it is skipped."""
     jobs = []
     for regime in config["regimes"]:
@@ -215,13 +238,37 @@ def plan(config: dict[str, Any], problem: problems.Problem) -> list[dict[str, An
     return jobs
 
 
+def tuning_trials(config: dict[str, Any], jobs: list[Job]) -> list[Job]:
+    """One job per grid point of each method that runs and has a grid to tune."""
+    if not config["tune"]:
+        return []
+    trials = []
+    for job in jobs:
+        if job["skip"] is not None or job["seed"] != config["seeds"][0]:
+            continue
+        method = registry.get(job["optimizer"])
+        fixed = config["hparams"].get(method.name, {})
+        for index, point in enumerate(configs.grid_points(method, fixed)):
+            trials.append({**job, "trial": index, "point": point})
+    return trials
+
+
+def hparams_of(config: dict[str, Any], job: Job) -> dict[str, Any]:
+    """Defaults < fixed config values < the job's grid point (if any)."""
+    method = registry.get(job["optimizer"])
+    fixed = config["hparams"].get(method.name, {})
+    return {**method.defaults, **fixed, **job.get("point", {})}
+
+
 def run_one(
-    job: dict[str, Any],
+    job: Job,
     config: dict[str, Any],
     problem: problems.Problem,
+    ratios: dict[str, float],
     progress: Any,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
-    """Runs one (regime, optimizer, seed) and returns its JSON record."""
+    """Runs one job under the study's budget and returns its JSON record."""
     method = registry.get(job["optimizer"])
     regime = job["regime"]
     steps_per_epoch = (
@@ -229,12 +276,13 @@ def run_one(
         if regime == "minibatch"
         else 1
     )
-    hparams = {**method.defaults, **config["hparams"].get(method.name, {})}
+    hparams = hparams_of(config, job)
     context = {"max_steps": config["steps"], "steps_per_epoch": steps_per_epoch}
     settings = runner.RunSettings(
         regime=regime,
         max_steps=config["steps"],
         max_seconds=config["seconds"],
+        max_grad_equivalents=config["grad_equivalents"],
         batch_size=config["batch_size"],
         eval_every=config["eval_every"],
         seed=job["seed"],
@@ -248,6 +296,8 @@ def run_one(
         extra_arg_names=method.extra_arg_names,
         peer_grad_evals=method.peer_grad_evals,
         progress=progress,
+        cost_ratios=ratios,
+        mesh=mesh,
     )
     record.update(
         regime=regime,
@@ -258,6 +308,54 @@ def run_one(
         total_seconds=time.perf_counter() - start,
     )
     return record
+
+
+def select(config: dict[str, Any], trials: list[Job], records: list[dict]) -> list:
+    """The tuning result per (regime, optimizer): trials and the chosen point.
+
+    The point with the lowest final validation loss wins (the first on ties);
+    a trial that diverged (non-finite loss or params) cannot win.
+    """
+    groups: dict[tuple[str, str], list] = {}
+    for trial, record in zip(trials, records, strict=True):
+        groups.setdefault((trial["regime"], trial["optimizer"]), []).append(
+            (trial, record)
+        )
+    out = []
+    for (regime, name), pairs in groups.items():
+        rows = []
+        for trial, record in pairs:
+            final = record["final"]
+            rows.append(
+                {
+                    "point": trial["point"],
+                    "valid_loss": final.get("valid_loss"),
+                    "valid_accuracy": final.get("valid_accuracy"),
+                    "train_loss": final.get("train_loss"),
+                    "status": record["status"],
+                    "steps": record["steps"],
+                }
+            )
+        finite = [
+            i
+            for i, (row, (_, record)) in enumerate(zip(rows, pairs, strict=True))
+            if record["params_finite"] and math.isfinite(row["valid_loss"])
+        ]
+        best = min(finite, key=lambda i: rows[i]["valid_loss"]) if finite else None
+        method = registry.get(name)
+        out.append(
+            {
+                "regime": regime,
+                "optimizer": name,
+                "metric": "valid_loss",
+                "grid": {k: v for k, v in method.grid.items() if k in rows[0]["point"]},
+                "fixed": config["hparams"].get(name, {}),
+                "trials": rows,
+                "selected": None if best is None else rows[best]["point"],
+                "selected_trial": best,
+            }
+        )
+    return out
 
 
 class ResumeError(ValueError):
@@ -279,75 +377,139 @@ def _check_resumable(directory: str, config: dict[str, Any]) -> None:
     logger.info("resuming the study in %s", directory)
 
 
-def study(config: dict[str, Any], out: str, run_id: str | None, progress: bool) -> str:
-    """Runs (or resumes) the study and writes its results; returns the directory."""
-    problem = problems.get(config["problem"], **config["problem_args"])
-    if run_id is None:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        run_id = f"{config['problem']}-{stamp}"
-    directory = os.path.join(out, run_id)
-    os.makedirs(os.path.join(directory, "runs"), exist_ok=True)
-    _check_resumable(directory, config)
+def _load(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
 
-    k = problems.num_params(problem.init_params(config["seeds"][0]))
-    logger.info("problem %s: k = %d params, backend %s", problem.name, k, jax.devices())
-    ratios = runner.measure_cost_ratios(problem)
+
+def _cost_ratios(directory: str, problem: problems.Problem) -> dict[str, float]:
+    # Measured once per study and kept, so that a resumed study converts work
+    # (and applies a `grad_equivalents` cap) with the same ratios throughout.
+    path = os.path.join(directory, "cost_ratios.json")
+    ratios = _load(path)
+    if ratios is None:
+        ratios = runner.measure_cost_ratios(problem)
+        runner.save_json_atomic(path, ratios)
     logger.info(
         "measured costs: value = %.2f grads, HVP = %.2f grads",
         ratios["value_per_grad"],
         ratios["hvp_per_grad"],
     )
+    return ratios
+
+
+class _Driver:
+    """Runs jobs not yet on disk, saving each record atomically as it ends."""
+
+    def __init__(self, directory, config, problem, ratios, mesh, bar):
+        self.directory, self.config, self.problem = directory, config, problem
+        self.ratios, self.mesh, self.bar = ratios, mesh, bar
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        path = _run_file(self.directory, job)
+        record = _load(path)
+        if record is not None:
+            return record
+        label = job["optimizer"] + (
+            f" {job['point']}" if job.get("trial") is not None else ""
+        )
+        self.bar.set_postfix_str(f"{job['regime']}/{label}/seed {job['seed']}")
+        done_before = self.bar.n
+        record = run_one(
+            job, self.config, self.problem, self.ratios, self.bar.update, self.mesh
+        )
+        # A run that stops early (converged, failed, capped) frees its steps.
+        self.bar.update(self.config["steps"] - (self.bar.n - done_before))
+        runner.save_json_atomic(path, record)
+        logger.info(
+            "%s/%s seed %d: %s after %d steps, train loss %.4g",
+            job["regime"],
+            label,
+            job["seed"],
+            record["status"],
+            record["steps"],
+            record["final"]["train_loss"],
+        )
+        return record
+
+
+def study(
+    config: dict[str, Any],
+    out: str,
+    run_id: str | None,
+    progress: bool,
+    problem: problems.Problem | None = None,
+) -> str:
+    """Runs (or resumes) the study and writes its results; returns the directory."""
+    if problem is None:
+        problem = configs.check_runnable(config)
+    mesh = None
+    if config["devices"] is not None:
+        mesh = sharding.make_mesh(config["devices"])
+        problem = sharding.shard_problem(problem, mesh, remainder="trim")
+    if run_id is None:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        run_id = f"{config['problem']}-{stamp}"
+    directory = os.path.join(out, run_id)
+    os.makedirs(os.path.join(directory, "runs", "tune"), exist_ok=True)
+    _check_resumable(directory, config)
+    # A kill during an atomic write leaves only its temporary file behind.
+    for stale in glob.glob(
+        os.path.join(directory, "runs", "**", ".tmp-*"), recursive=True
+    ):
+        os.remove(stale)
+
+    k = problems.num_params(problem.init_params(config["seeds"][0]))
+    logger.info("problem %s: k = %d params, devices %s", problem.name, k, jax.devices())
+    ratios = _cost_ratios(directory, problem)
 
     jobs = plan(config, problem)
-    pending = [
-        j
-        for j in jobs
-        if j["skip"] is None
-        and not os.path.exists(
-            _run_file(directory, j["regime"], j["optimizer"], j["seed"])
-        )
-    ]
+    trials = tuning_trials(config, jobs)
+    todo = [j for j in trials if not os.path.exists(_run_file(directory, j))]
+    mains = [j for j in jobs if j["skip"] is None]
+    todo += [j for j in mains if not os.path.exists(_run_file(directory, j))]
     bar = tqdm(
-        total=len(pending) * config["steps"],
+        total=len(todo) * config["steps"],
         disable=not progress,
         unit="step",
         desc="compare",
     )
     with bar:
-        for job in pending:
-            bar.set_postfix_str(f"{job['regime']}/{job['optimizer']}/{job['seed']}")
-            done_before = bar.n
-            record = run_one(job, config, problem, bar.update)
-            # A run that stops early (converged, failed) frees its remaining steps.
-            bar.update(config["steps"] - (bar.n - done_before))
-            path = _run_file(directory, job["regime"], job["optimizer"], job["seed"])
-            runner.save_json_atomic(path, record)
-            logger.info(
-                "%s/%s seed %d: %s after %d steps, train loss %.4g",
-                job["regime"],
-                job["optimizer"],
-                job["seed"],
-                record["status"],
-                record["steps"],
-                record["final"]["train_loss"],
-            )
+        drive = _Driver(directory, config, problem, ratios, mesh, bar)
+        tuning = select(config, trials, [drive(t) for t in trials])
+        chosen = {(t["regime"], t["optimizer"]): t for t in tuning}
+        for job in mains:
+            result = chosen.get((job["regime"], job["optimizer"]))
+            if result is not None and result["selected"] is not None:
+                job["point"] = result["selected"]
+                if job["seed"] == config["seeds"][0]:
+                    # The first seed's run is the winning trial itself.
+                    trial = {**job, "trial": result["selected_trial"]}
+                    path = _run_file(directory, job)
+                    if not os.path.exists(path):
+                        runner.save_json_atomic(path, drive(trial))
+            drive(job)
 
     runs = []
     for job in jobs:
         if job["skip"] is not None:
-            runs.append({**{k: job[k] for k in ("regime", "optimizer", "seed")}})
-            runs[-1]["skipped"] = job["skip"]
-            continue
-        path = _run_file(directory, job["regime"], job["optimizer"], job["seed"])
-        with open(path) as handle:
-            runs.append(json.load(handle))
+            keys = ("regime", "optimizer", "seed")
+            runs.append({**{k: job[k] for k in keys}, "skipped": job["skip"]})
+        else:
+            runs.append(_load(_run_file(directory, job)))
     results = {
         "study": "compare",
         "run_id": run_id,
         "config": config,
         "num_params": k,
         "environment": provenance.environment(),
+        "mesh": None
+        if mesh is None
+        else {"devices": [str(d) for d in mesh.devices.flat], "axis": "data"},
         "cost_ratios": ratios,
+        "tuning": tuning,
         "runs": runs,
     }
     runner.save_json_atomic(os.path.join(directory, "results.json"), results)
@@ -364,11 +526,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     )
     try:
         config = make_config(args)
-        problems.get(config["problem"], **config["problem_args"])
-    except (ValueError, TypeError) as error:
+        problem = configs.check_runnable(config)
+    except configs.ConfigError as error:
         parser.error(str(error))
     try:
-        directory = study(config, args.out, args.run_id, progress=not args.no_progress)
+        directory = study(config, args.out, args.run_id, not args.no_progress, problem)
     except ResumeError as error:
         parser.error(str(error))
     with open(os.path.join(directory, "summary.md")) as handle:

@@ -1,23 +1,33 @@
 """Study configurations: TOML files, command-line overrides, validation.
 
-A configuration is a flat table of the keys in :data:`SCHEMA`. It is built
-in layers, each overriding the previous one: the defaults, a TOML file
-(``--config``), the ``--quick`` preset, then options given on the command
-line. It is validated as a whole before any work starts, and a bad key,
-value type, optimizer or problem name is reported by name.
+A configuration is a flat table of the keys in :data:`SCHEMA` (``hparams``
+and ``problem_args`` hold sub-tables). It is built in layers, each overriding
+the previous one: the defaults, a TOML file (``--config``), the ``--quick``
+preset, then the options given on the command line. :func:`build` checks the
+result as a whole and :func:`check_runnable` builds the problem and every
+optimizer from it, so a bad key, value type, optimizer, hyperparameter or
+problem argument is reported by name before any work starts.
+
+TOML has no null: ``seconds = 0`` and ``grad_equivalents = 0`` mean "no such
+cap"; ``targets``, ``devices`` left out mean "automatic" and "the default
+device, no mesh".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+
 from experiments import registry
 from so_opt import problems
 
-CONFIG_DIR = __file__.rsplit("/", 1)[0] + "/configs"
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +56,10 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list | tuple) and all(check(x) for x in v)
 
 
+def _cap(v: Any) -> bool:
+    return v is None or (_is_number(v) and v >= 0)
+
+
 SCHEMA: dict[str, Key] = {
     "problem": Key("digits_mlp", lambda v: isinstance(v, str), "a string", "problem"),
     "problem_args": Key(
@@ -57,13 +71,19 @@ SCHEMA: dict[str, Key] = {
         '"all" or a list of names',
         "optimizers to run",
     ),
+    "exclude": Key(
+        [],
+        _list_of(lambda x: isinstance(x, str)),
+        "a list of names",
+        "optimizers left out of `optimizers`",
+    ),
     "hparams": Key(
         {},
         lambda v: (
             isinstance(v, Mapping) and all(isinstance(x, Mapping) for x in v.values())
         ),
         "a table of tables",
-        "hyperparameter overrides per optimizer",
+        "fixed hyperparameters per optimizer (never tuned)",
     ),
     "regimes": Key(
         ["full", "minibatch"],
@@ -72,17 +92,9 @@ SCHEMA: dict[str, Key] = {
         "regimes",
     ),
     "steps": Key(200, lambda v: _is_int(v) and v >= 1, "an integer >= 1", "steps"),
-    "seconds": Key(
-        10.0,
-        _optional(lambda v: _is_number(v) and v > 0),
-        "a number > 0 or omitted",
-        "wall-time cap per run",
-    ),
+    "seconds": Key(5.0, _cap, "a number >= 0 (0: no cap)", "wall-time cap per run"),
     "grad_equivalents": Key(
-        None,
-        _optional(lambda v: _is_number(v) and v > 0),
-        "a number > 0 or omitted",
-        "work cap per run, in gradient equivalents",
+        None, _cap, "a number >= 0 (0: no cap)", "work cap per run"
     ),
     "batch_size": Key(
         128, lambda v: _is_int(v) and v >= 1, "an integer >= 1", "mini-batch size"
@@ -103,9 +115,15 @@ SCHEMA: dict[str, Key] = {
         "target train losses",
     ),
     "tune": Key(False, lambda v: isinstance(v, bool), "true or false", "tune rates"),
+    "devices": Key(
+        None,
+        _optional(lambda v: _is_int(v) and v >= 1),
+        "an integer >= 1 or omitted",
+        "data-parallel devices",
+    ),
 }
 
-QUICK = {"steps": 20, "seconds": 3.0, "grad_equivalents": None, "tune": False}
+QUICK = {"steps": 20, "seconds": 3.0, "grad_equivalents": 0, "tune": False}
 
 
 class ConfigError(ValueError):
@@ -113,7 +131,7 @@ class ConfigError(ValueError):
 
 
 def load_toml(path: str) -> dict[str, Any]:
-    """Reads a TOML config file (a flat table of :data:`SCHEMA` keys)."""
+    """Reads a TOML config file (a table of :data:`SCHEMA` keys)."""
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -124,7 +142,7 @@ def load_toml(path: str) -> dict[str, Any]:
 
 
 def build(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults overridden by each layer in turn, then validated."""
+    """Defaults overridden by each layer in turn, validated and normalized."""
     config = {name: key.default for name, key in SCHEMA.items()}
     for layer in layers:
         for name, value in layer.items():
@@ -136,12 +154,28 @@ def build(*layers: Mapping[str, Any]) -> dict[str, Any]:
     validate(config)
     if config["optimizers"] == "all":
         config["optimizers"] = registry.names()
-    config["optimizers"] = list(config["optimizers"])
-    config["regimes"] = list(config["regimes"])
-    config["seeds"] = list(config["seeds"])
+    config["optimizers"] = [
+        n for n in config["optimizers"] if n not in config["exclude"]
+    ]
+    if not config["optimizers"]:
+        raise ConfigError("config keys 'optimizers'/'exclude' leave no optimizer.")
+    for name in ("optimizers", "exclude", "regimes", "seeds"):
+        config[name] = list(config[name])
+    if config["targets"] is not None:
+        config["targets"] = sorted({float(t) for t in config["targets"]}, reverse=True)
+    for name in ("seconds", "grad_equivalents"):
+        config[name] = float(config[name]) if config[name] else None
     config["problem_args"] = dict(config["problem_args"])
     config["hparams"] = {k: dict(v) for k, v in config["hparams"].items()}
     return config
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return _is_number(value)
+    return type(value) is type(default)
 
 
 def validate(config: Mapping[str, Any]) -> None:
@@ -157,17 +191,91 @@ def validate(config: Mapping[str, Any]) -> None:
             f"problems are: {', '.join(problems.names())}."
         )
     names = config["optimizers"]
-    for name in [*(names if names != "all" else []), *config["hparams"]]:
-        if name not in registry.REGISTRY:
-            raise ConfigError(
-                f"config key 'optimizers'/'hparams': unknown optimizer {name!r}; "
-                f"valid optimizers are: {', '.join(registry.names())}."
-            )
+    for where, listed in (
+        ("optimizers", names),
+        ("exclude", config["exclude"]),
+        ("hparams", config["hparams"]),
+    ):
+        for name in listed if listed != "all" else []:
+            if name not in registry.REGISTRY:
+                raise ConfigError(
+                    f"config key {where!r}: unknown optimizer {name!r}; "
+                    f"valid optimizers are: {', '.join(registry.names())}."
+                )
     for name, overrides in config["hparams"].items():
         known = registry.get(name).defaults
-        for hparam in overrides:
+        for hparam, value in overrides.items():
             if hparam not in known:
                 raise ConfigError(
                     f"config key 'hparams.{name}': unknown hyperparameter "
                     f"{hparam!r}; {name} has: {', '.join(known) or 'none'}."
                 )
+            if not _same_kind(value, known[hparam]):
+                raise ConfigError(
+                    f"config key 'hparams.{name}.{hparam}' must be of the kind of "
+                    f"its default {known[hparam]!r}, got {value!r}."
+                )
+
+
+def grid_points(method: registry.Method, fixed: Mapping[str, Any]) -> list[dict]:
+    """The method's declared grid without the fixed keys, as a list of points.
+
+    A hyperparameter fixed in the config is not tuned. ``[]``: nothing to tune.
+    """
+    grid = {k: v for k, v in method.grid.items() if k not in fixed}
+    if not grid:
+        return []
+    keys = list(grid)
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*grid.values())
+    ]
+
+
+def check_runnable(config: Mapping[str, Any]) -> problems.Problem:
+    """Builds the problem and every optimizer the study will run; returns the problem.
+
+    Raises:
+      ConfigError: naming the key whose value cannot run: a problem argument
+        the problem does not take, a hyperparameter an optimizer rejects,
+        ``tune`` on a problem without a validation split, more ``devices``
+        than there are, or a ``batch_size`` they do not divide.
+    """
+    try:
+        problem = problems.get(config["problem"], **config["problem_args"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config key 'problem_args': {error}") from error
+    if config["tune"] and problem.valid is None:
+        raise ConfigError(
+            f"config key 'tune': problem {problem.name!r} has no validation split "
+            "to tune on; set tune = false."
+        )
+    if "minibatch" in config["regimes"] and problem.train is not None:
+        if config["batch_size"] > problem.num_train:
+            raise ConfigError(
+                f"config key 'batch_size' must be at most the {problem.num_train} "
+                f"training examples, got {config['batch_size']}."
+            )
+    context = {"max_steps": config["steps"], "steps_per_epoch": 1}
+    for name in config["optimizers"]:
+        method = registry.get(name)
+        fixed = config["hparams"].get(name, {})
+        points = grid_points(method, fixed) if config["tune"] else []
+        for point in points or [{}]:
+            try:
+                method.build({**fixed, **point}, context)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"config key 'hparams.{name}': {error}") from error
+    devices = config["devices"]
+    if devices is not None:
+        if devices > jax.device_count():
+            raise ConfigError(
+                f"config key 'devices' must be at most the {jax.device_count()} "
+                f"available device(s), got {devices}."
+            )
+        if "minibatch" in config["regimes"] and config["batch_size"] % devices:
+            raise ConfigError(
+                f"config key 'batch_size' must be a multiple of `devices` "
+                f"({devices}) in the minibatch regime, got {config['batch_size']}."
+            )
+    return problem

@@ -1,8 +1,12 @@
-"""Turn a study's ``results.json`` into a Markdown table, a CSV and PNG plots.
+"""Turn a study's ``results.json`` into a Markdown report, a CSV and PNG plots.
 
 Nothing here runs an optimizer: the report can be rebuilt from the JSON alone
-(``python -m experiments.report results/<run-id>``), e.g. after editing the
-target loss.
+(``python -m experiments.report results/<run-id>``), e.g. after changing the
+targets in the config stored there.
+
+Per regime the report holds the final metrics (mean and standard deviation
+over seeds) with each method's rank by test accuracy and test loss, the time
+and work to reach each target train loss with ranks, and the tuning trials.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from experiments import registry
 from so_opt import runner
 
 logger = logging.getLogger(__name__)
@@ -26,6 +33,9 @@ _AXES = (
     ("time", "seconds", "wall time [s] (compilation excluded)"),
     ("grad_equivalents", "grad_equivalents", "gradient equivalents"),
 )
+# Automatic targets: percentiles of the methods' mean final train losses, a
+# loose one most methods reach, the median and a tight one.
+_TARGET_PERCENTILES = (75, 50, 25)
 
 
 def grad_equivalents(history: dict[str, list], ratios: dict[str, float]) -> list:
@@ -54,14 +64,24 @@ def first_reaching(history: dict[str, list], target: float, ratios: dict) -> dic
     return {}
 
 
-def default_target(runs: Sequence[dict]) -> float | None:
-    """The median final train loss of a regime's runs: half of them reach it."""
-    finals = [
-        r["final"]["train_loss"]
-        for r in runs
-        if math.isfinite(r["final"].get("train_loss", math.nan))
-    ]
-    return statistics.median(finals) if finals else None
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def targets_for(results: dict[str, Any], regime: str) -> list[float]:
+    """The config's targets, or three chosen from the regime's final losses."""
+    given = results["config"].get("targets")
+    if given:
+        return list(given)
+    by_method: dict[str, list[float]] = {}
+    for r in results["runs"]:
+        if r["regime"] == regime and "skipped" not in r:
+            by_method.setdefault(r["optimizer"], []).append(r["final"]["train_loss"])
+    finals = _finite([statistics.fmean(v) for v in by_method.values()])
+    if not finals:
+        return []
+    points = np.percentile(finals, _TARGET_PERCENTILES)
+    return sorted({float(f"{p:.3g}") for p in points}, reverse=True)
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -73,19 +93,40 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def _median(values: list[float], fmt: str = "{:.3g}") -> str:
+def _median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
-    return fmt.format(statistics.median(values)) if values else "-"
+    return statistics.median(values) if values else None
+
+
+def _shown_hparams(run: dict[str, Any], tuned: bool) -> str:
+    # The hyperparameters a reader compares: those with a declared grid.
+    method = registry.REGISTRY.get(run["optimizer"])
+    keys = list(method.grid) if method is not None else list(run["hparams"])
+    text = ", ".join(f"{k}={run['hparams'][k]}" for k in keys if k in run["hparams"])
+    return (text or "-") + (" (tuned)" if tuned else "")
+
+
+def _rank(rows: list[dict], key: str, reverse: bool = False) -> None:
+    # Ranks 1..n on a numeric key; rows without a value get no rank.
+    ranked = [r for r in rows if r.get(key) is not None]
+    ranked.sort(key=lambda r: r[key], reverse=reverse)
+    for i, row in enumerate(ranked, 1):
+        row[f"{key}_rank"] = i
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (regime, optimizer), aggregated over seeds."""
+    """One row per (regime, optimizer), aggregated over seeds, with ranks."""
     ratios = results["cost_ratios"]
+    tuned = {
+        (t["regime"], t["optimizer"])
+        for t in results.get("tuning", [])
+        if t["selected"] is not None
+    }
     rows = []
     for regime in results["config"]["regimes"]:
         runs = [r for r in results["runs"] if r["regime"] == regime]
-        done = [r for r in runs if "skipped" not in r]
-        target = results["config"].get("target_loss") or default_target(done)
+        targets = targets_for(results, regime)
+        mine_rows = []
         for name in dict.fromkeys(r["optimizer"] for r in runs):
             mine = [r for r in runs if r["optimizer"] == name]
             if all("skipped" in r for r in mine):
@@ -94,100 +135,201 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                 )
                 continue
             mine = [r for r in mine if "skipped" not in r]
-            reach = [first_reaching(r["history"], target, ratios) for r in mine]
-            hit = [x for x in reach if x]
-            work = [grad_equivalents(r["history"], ratios)[-1] for r in mine]
-            rows.append(
-                {
-                    "regime": regime,
-                    "optimizer": name,
-                    "seeds": len(mine),
-                    "status": ",".join(sorted({r["status"] for r in mine})),
-                    "steps": [r["steps"] for r in mine],
-                    "train_loss": [r["final"].get("train_loss") for r in mine],
-                    "test_loss": [r["final"].get("test_loss") for r in mine],
-                    "test_accuracy": [r["final"].get("test_accuracy") for r in mine],
-                    "value_evals": [r["costs"]["value_evals"] for r in mine],
-                    "grad_evals": [r["costs"]["grad_evals"] for r in mine],
-                    "hvp_evals": [r["costs"]["hvp_evals"] for r in mine],
-                    "grad_equivalents": work,
-                    "seconds": [r["seconds"] for r in mine],
-                    "target": target,
-                    "reached": f"{len(hit)}/{len(mine)}",
-                    "seconds_to_target": [x["seconds"] for x in hit],
-                    "work_to_target": [x["grad_equivalents"] for x in hit],
-                }
-            )
+            final = {
+                key: [r["final"].get(key) for r in mine]
+                for key in ("train_loss", "valid_loss", "test_loss", "test_accuracy")
+            }
+            row = {
+                "regime": regime,
+                "optimizer": name,
+                "hparams": _shown_hparams(mine[0], (regime, name) in tuned),
+                "seeds": len(mine),
+                "status": ",".join(sorted({r["status"] for r in mine})),
+                "steps": _median([r["steps"] for r in mine]),
+                **final,
+                "test_accuracy_mean": _mean_or_none(final["test_accuracy"]),
+                "test_loss_mean": _mean_or_none(final["test_loss"]),
+                "value_evals": _median([r["costs"]["value_evals"] for r in mine]),
+                "grad_evals": _median([r["costs"]["grad_evals"] for r in mine]),
+                "hvp_evals": _median([r["costs"]["hvp_evals"] for r in mine]),
+                "grad_equivalents": _median(
+                    [grad_equivalents(r["history"], ratios)[-1] for r in mine]
+                ),
+                "seconds": _median([r["seconds"] for r in mine]),
+                "targets": targets,
+            }
+            for i, target in enumerate(targets):
+                hit = [first_reaching(r["history"], target, ratios) for r in mine]
+                hit = [x for x in hit if x]
+                row[f"reached_{i}"] = len(hit)
+                every = len(hit) == len(mine)
+                # Only a method that reached the target on every seed is ranked.
+                row[f"seconds_{i}"] = _median([x["seconds"] for x in hit])
+                row[f"work_{i}"] = _median([x["grad_equivalents"] for x in hit])
+                row[f"ranked_seconds_{i}"] = row[f"seconds_{i}"] if every else None
+                row[f"ranked_work_{i}"] = row[f"work_{i}"] if every else None
+            mine_rows.append(row)
+        _rank(mine_rows, "test_accuracy_mean", reverse=True)
+        _rank(mine_rows, "test_loss_mean")
+        for i in range(len(targets)):
+            _rank(mine_rows, f"ranked_seconds_{i}")
+            _rank(mine_rows, f"ranked_work_{i}")
+        rows += mine_rows
     return rows
 
 
-_COLUMNS = (
-    ("optimizer", "optimizer"),
-    ("status", "status"),
-    ("steps", "steps"),
-    ("train_loss", "train loss"),
-    ("test_loss", "test loss"),
-    ("test_accuracy", "test acc"),
-    ("value_evals", "values"),
-    ("grad_evals", "grads"),
-    ("hvp_evals", "HVPs"),
-    ("grad_equivalents", "grad-equiv"),
-    ("seconds", "seconds"),
-    ("reached", "reached target"),
-    ("seconds_to_target", "s to target"),
-    ("work_to_target", "grad-equiv to target"),
-)
-_MEAN_SD = {"train_loss", "test_loss", "test_accuracy"}
+def _mean_or_none(values: list[Any]) -> float | None:
+    values = _finite(values)
+    return statistics.fmean(values) if values else None
 
 
-def _cell(row: dict[str, Any], key: str) -> str:
-    value = row.get(key)
-    if key in _MEAN_SD:
-        return _mean_sd(value)
-    if isinstance(value, list):
-        return _median(value, "{:.0f}" if key.endswith("evals") else "{:.3g}")
-    return str(value)
+def _num(value: float | None, fmt: str = "{:.3g}") -> str:
+    return "-" if value is None else fmt.format(value)
 
 
-def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The summary as Markdown: one table per regime, then the skipped methods."""
-    config = results["config"]
-    env = results["environment"]
-    lines = [
+def _ranked(row: dict, key: str) -> str:
+    rank = row.get(f"{key}_rank")
+    return "" if rank is None else f" (#{rank})"
+
+
+def _to_target(row: dict, kind: str, i: int) -> str:
+    seeds, reached = row["seeds"], row[f"reached_{i}"]
+    if not reached:
+        return "-"
+    cell = _num(row[f"{kind}_{i}"])
+    if reached < seeds:
+        return f"{cell} ({reached}/{seeds} seeds)"
+    return cell + _ranked(row, f"ranked_{kind}_{i}")
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    config, env = results["config"], results["environment"]
+    caps = [f"{config['steps']} steps"]
+    if config.get("seconds"):
+        caps.append(f"{config['seconds']:g} s")
+    if config.get("grad_equivalents"):
+        caps.append(f"{config['grad_equivalents']:g} gradient equivalents")
+    mesh = results.get("mesh")
+    where = (
+        f"data-parallel over {len(mesh['devices'])} device(s) "
+        f"({', '.join(mesh['devices'])})"
+        if mesh
+        else f"{env['device_kind']} ({env['devices'][0]})"
+    )
+    ratios = results["cost_ratios"]
+    return [
         f"# compare: `{config['problem']}` ({results['num_params']} params)",
         "",
         f"Problem arguments {config['problem_args'] or '{}'}; seeds "
-        f"{config['seeds']}; budget {config['steps']} steps"
-        + (f" or {config['seconds']} s" if config.get("seconds") else "")
-        + " per run; "
-        f"jax {env['versions']['jax']} on {env['device_kind']}, commit "
-        f"{(env['git']['commit'] or 'unknown')[:10]}.",
+        f"{config['seeds']}; budget per run: {' or '.join(caps)}, whichever "
+        f"comes first; tuning {'on' if config.get('tune') else 'off'}. jax "
+        f"{env['versions']['jax']} on {where}, commit "
+        f"{(env['git']['commit'] or 'unknown')[:10]}"
+        + (" (uncommitted changes)" if env["git"].get("dirty") else "")
+        + ".",
         "",
-        "Losses are mean ± sd over seeds; counts, seconds and work are medians. "
-        "Gradient equivalents use costs measured on this problem: one value = "
-        f"{results['cost_ratios']['value_per_grad']:.2f} gradients, one "
-        f"HVP = {results['cost_ratios']['hvp_per_grad']:.2f} gradients.",
+        "Losses and accuracies are mean ± sd over seeds; counts, seconds and work "
+        "are medians. Gradient equivalents use costs measured on this problem: one "
+        f"value = {ratios['value_per_grad']:.2f} gradients, one HVP = "
+        f"{ratios['hvp_per_grad']:.2f} gradients. Wall time excludes compilation.",
     ]
-    for regime in config["regimes"]:
+
+
+def _final_table(mine: list[dict]) -> list[str]:
+    lines = [
+        "| optimizer | hyperparameters | status | steps | train loss | test loss "
+        "| test acc | values | grads | HVPs | grad-equiv | seconds |",
+        "|" + "---|" * 12,
+    ]
+    for r in mine:
+        cells = [
+            r["optimizer"],
+            r["hparams"],
+            r["status"],
+            _num(r["steps"], "{:.0f}"),
+            _mean_sd(r["train_loss"]),
+            _mean_sd(r["test_loss"]) + _ranked(r, "test_loss_mean"),
+            _mean_sd(r["test_accuracy"]) + _ranked(r, "test_accuracy_mean"),
+            _num(r["value_evals"], "{:.0f}"),
+            _num(r["grad_evals"], "{:.0f}"),
+            _num(r["hvp_evals"], "{:.0f}"),
+            _num(r["grad_equivalents"]),
+            _num(r["seconds"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _target_table(mine: list[dict]) -> list[str]:
+    targets = mine[0]["targets"]
+    titles = [f"s to {t:.3g}" for t in targets]
+    titles += [f"grad-equiv to {t:.3g}" for t in targets]
+    lines = ["| optimizer | " + " | ".join(titles) + " |"]
+    lines.append("|" + "---|" * (1 + len(titles)))
+    for r in mine:
+        cells = [_to_target(r, "seconds", i) for i in range(len(targets))]
+        cells += [_to_target(r, "work", i) for i in range(len(targets))]
+        lines.append(f"| {r['optimizer']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tuning_lines(results: dict[str, Any], regime: str) -> list[str]:
+    entries = [t for t in results.get("tuning", []) if t["regime"] == regime]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "Tuning (seed "
+        f"{results['config']['seeds'][0]}, the same budget; lowest final "
+        "validation loss wins):",
+        "",
+        "| optimizer | validation loss per grid point | selected |",
+        "|---|---|---|",
+    ]
+    for t in entries:
+        trials = "; ".join(
+            ", ".join(f"{k}={v}" for k, v in row["point"].items())
+            + f": {_num(row['valid_loss'], '{:.4g}')}"
+            for row in t["trials"]
+        )
+        chosen = t["selected"]
+        selected = (
+            ", ".join(f"{k}={v}" for k, v in chosen.items())
+            if chosen is not None
+            else "none finite: defaults"
+        )
+        lines.append(f"| {t['optimizer']} | {trials} | {selected} |")
+    return lines
+
+
+def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The report as Markdown: per regime the final metrics, targets, tuning."""
+    lines = _header(results)
+    for regime in results["config"]["regimes"]:
         mine = [r for r in rows if r["regime"] == regime and "skipped" not in r]
         if not mine:
             continue
-        lines += [
-            "",
-            f"## {regime} batch" if regime == "full" else f"## {regime}",
-            "",
-            f"Target train loss {mine[0]['target']:.4g} "
-            + (
-                "(given)."
-                if config.get("target_loss")
-                else "(median of the final train losses)."
-            ),
-            "",
-            "| " + " | ".join(title for _, title in _COLUMNS) + " |",
-            "|" + "---|" * len(_COLUMNS),
-        ]
-        for row in mine:
-            lines.append("| " + " | ".join(_cell(row, k) for k, _ in _COLUMNS) + " |")
+        title = "full batch" if regime == "full" else regime
+        lines += ["", f"## {title}", "", *_final_table(mine)]
+        if mine[0]["targets"]:
+            source = (
+                "given"
+                if results["config"].get("targets")
+                else (
+                    "automatic: percentiles "
+                    f"{', '.join(map(str, _TARGET_PERCENTILES))} of the mean final "
+                    "train losses"
+                )
+            )
+            lines += [
+                "",
+                f"Seconds and gradient equivalents until the train loss first "
+                f"reaches each target ({source}); medians over seeds, ranked "
+                "(#) among the methods that reached it on every seed.",
+                "",
+                *_target_table(mine),
+            ]
+        lines += _tuning_lines(results, regime)
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         lines += ["", "Not run:", ""]
@@ -197,20 +339,62 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_CSV_KEYS = (
+    "hparams",
+    "seeds",
+    "status",
+    "steps",
+    "value_evals",
+    "grad_evals",
+    "hvp_evals",
+    "grad_equivalents",
+    "seconds",
+    "test_accuracy_mean",
+    "test_accuracy_mean_rank",
+    "test_loss_mean",
+    "test_loss_mean_rank",
+)
+
+
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    """One line per (regime, optimizer) with the same cells as the table."""
+    """One line per (regime, optimizer, target): final metrics and time to it."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["regime", *(k for k, _ in _COLUMNS), "skipped"])
+        writer.writerow(
+            ["regime", "optimizer", *_CSV_KEYS, "train_loss_mean", "target"]
+            + ["reached", "seconds_to_target", "seconds_rank"]
+            + ["work_to_target", "work_rank", "skipped"]
+        )
         for row in rows:
-            cells = [_cell(row, k) if k in row else "" for k, _ in _COLUMNS]
-            writer.writerow([row["regime"], *cells, row.get("skipped", "")])
+            if "skipped" in row:
+                blank = [""] * (len(_CSV_KEYS) + 7)
+                writer.writerow(
+                    [row["regime"], row["optimizer"], *blank, row["skipped"]]
+                )
+                continue
+            cells = [row.get(k, "") for k in _CSV_KEYS]
+            cells.append(_mean_or_none(row["train_loss"]))
+            for i, target in enumerate(row["targets"] or [None]):
+                per = (
+                    [""] * 6
+                    if target is None
+                    else [
+                        target,
+                        row[f"reached_{i}"],
+                        row[f"seconds_{i}"],
+                        row.get(f"ranked_seconds_{i}_rank", ""),
+                        row[f"work_{i}"],
+                        row.get(f"ranked_work_{i}_rank", ""),
+                    ]
+                )
+                writer.writerow([row["regime"], row["optimizer"], *cells, *per, ""])
 
 
 def plot(results: dict[str, Any], directory: str) -> list[str]:
     """Train loss against steps, wall time and gradient equivalents, per regime.
 
-    Returns the written PNG paths. Every seed is drawn; one colour per method.
+    Returns the written PNG paths. Every seed is drawn, one colour per method;
+    dotted lines mark the target train losses.
     """
     import matplotlib
 
@@ -247,8 +431,12 @@ def plot(results: dict[str, Any], directory: str) -> list[str]:
                     label=r["optimizer"] if r["seed"] == runs[0]["seed"] else None,
                     linewidth=1.2,
                 )
+            for target in targets_for(results, regime):
+                ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
             if positive:
                 ax.set_yscale("log")
+            if key != "step":
+                ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("train loss")
             ax.set_title(f"{results['config']['problem']}, {regime} batch")
@@ -276,7 +464,7 @@ def write(directory: str, results: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.report",
-        description="Rebuild the table and plots of a compare study from its JSON.",
+        description="Rebuild the tables and plots of a compare study from its JSON.",
     )
     parser.add_argument("directory", help="a results/<run-id> directory")
     args = parser.parse_args(argv)
