@@ -25,6 +25,12 @@ The rules:
   an evaluation.
 - Params and optimizer state are replicated (:func:`replicate`).
 
+Known shortcoming: nothing is sharded but the data. Params and optimizer
+state are always replicated, so a model too large for one device does not
+fit here either, and dense ``newton`` holds its k x k Hessian and repeats
+its Cholesky solve on every device (the Hessian-vector products that build
+the matrix are split over the batch; the solve is not).
+
 On several hosts, call :func:`jax.distributed.initialize` first (see
 ``scripts/multihost_example.py``); :func:`make_mesh` then spans the devices
 of every process, and each process builds the same global arrays here from
