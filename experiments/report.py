@@ -21,8 +21,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from experiments import registry
 from so_opt import runner
 
@@ -33,9 +31,9 @@ _AXES = (
     ("time", "seconds", "wall time [s] (compilation excluded)"),
     ("grad_equivalents", "grad_equivalents", "gradient equivalents"),
 )
-# Automatic targets: percentiles of the methods' mean final train losses, a
-# loose one most methods reach, the median and a tight one.
-_TARGET_PERCENTILES = (75, 50, 25)
+# Automatic targets: the initial train loss reduced 10, 100 and 1000 times;
+# the same for every method, and meaningful whatever the final losses are.
+_TARGET_FRACTIONS = (1e-1, 1e-2, 1e-3)
 
 
 def grad_equivalents(history: dict[str, list], ratios: dict[str, float]) -> list:
@@ -69,19 +67,25 @@ def _finite(values: Sequence[Any]) -> list[float]:
 
 
 def targets_for(results: dict[str, Any], regime: str) -> list[float]:
-    """The config's targets, or three chosen from the regime's final losses."""
+    """The config's targets, or the initial train loss cut by 10, 100 and 1000.
+
+    The initial loss is the median over the regime's runs of the first
+    recorded train loss (the same for every method given a seed).
+    """
     given = results["config"].get("targets")
     if given:
         return list(given)
-    by_method: dict[str, list[float]] = {}
-    for r in results["runs"]:
-        if r["regime"] == regime and "skipped" not in r:
-            by_method.setdefault(r["optimizer"], []).append(r["final"]["train_loss"])
-    finals = _finite([statistics.fmean(v) for v in by_method.values()])
-    if not finals:
+    first = _finite(
+        [
+            r["history"]["train_loss"][0]
+            for r in results["runs"]
+            if r["regime"] == regime and "skipped" not in r and r["history"]["step"]
+        ]
+    )
+    if not first:
         return []
-    points = np.percentile(finals, _TARGET_PERCENTILES)
-    return sorted({float(f"{p:.3g}") for p in points}, reverse=True)
+    start = statistics.median(first)
+    return [float(f"{start * f:.3g}") for f in _TARGET_FRACTIONS]
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -107,11 +111,13 @@ def _shown_hparams(run: dict[str, Any], tuned: bool) -> str:
 
 
 def _rank(rows: list[dict], key: str, reverse: bool = False) -> None:
-    # Ranks 1..n on a numeric key; rows without a value get no rank.
-    ranked = [r for r in rows if r.get(key) is not None]
-    ranked.sort(key=lambda r: r[key], reverse=reverse)
-    for i, row in enumerate(ranked, 1):
-        row[f"{key}_rank"] = i
+    # Competition ranks (1, 2, 2, 4) on a numeric key, so that equal values
+    # share a rank; rows without a value get no rank.
+    values = [r[key] for r in rows if r.get(key) is not None]
+    for row in rows:
+        if row.get(key) is not None:
+            better = sum((v > row[key]) if reverse else (v < row[key]) for v in values)
+            row[f"{key}_rank"] = 1 + better
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -315,11 +321,7 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             source = (
                 "given"
                 if results["config"].get("targets")
-                else (
-                    "automatic: percentiles "
-                    f"{', '.join(map(str, _TARGET_PERCENTILES))} of the mean final "
-                    "train losses"
-                )
+                else "automatic: the initial train loss / 10, / 100, / 1000"
             )
             lines += [
                 "",
