@@ -512,6 +512,8 @@ def study(
         "tuning": tuning,
         "runs": runs,
     }
+    # Recorded so that every reader (the README's Findings) uses the same ones.
+    results["targets"] = {r: report.targets_for(results, r) for r in config["regimes"]}
     runner.save_json_atomic(os.path.join(directory, "results.json"), results)
     report.write(directory, results)
     return directory

@@ -67,11 +67,15 @@ def _finite(values: Sequence[Any]) -> list[float]:
 
 
 def targets_for(results: dict[str, Any], regime: str) -> list[float]:
-    """The config's targets, or the initial train loss cut by 10, 100 and 1000.
+    """The target train losses of ``regime``, loosest first.
 
-    The initial loss is the median over the regime's runs of the first
+    Those recorded in the results, else those given in the config, else the
+    initial train loss cut by 10, 100 and 1000. The initial loss is the median over the regime's runs of the first
     recorded train loss (the same for every method given a seed).
     """
+    recorded = results.get("targets") or {}
+    if recorded.get(regime):
+        return list(recorded[regime])
     given = results["config"].get("targets")
     if given:
         return list(given)
