@@ -90,9 +90,15 @@ def make_mesh(
     if num_devices is None:
         num_devices = len(devices)
     if isinstance(num_devices, bool) or not 1 <= num_devices <= len(devices):
+        hint = ""
+        if devices[0].platform == "cpu":
+            hint = (
+                "; for more CPU devices set XLA_FLAGS="
+                "--xla_force_host_platform_device_count=N before JAX starts"
+            )
         raise ValueError(
             f"`num_devices` must be in [1, {len(devices)}] (the devices "
-            f"available), got {num_devices!r}."
+            f"available), got {num_devices!r}{hint}."
         )
     return Mesh(np.asarray(devices[:num_devices]), (axis_name,))
 

@@ -169,6 +169,8 @@ def test_make_mesh_rejects_device_counts_out_of_range():
     for bad in (0, count + 1):
         with pytest.raises(ValueError, match=rf"`num_devices` must be in \[1, {count}"):
             sharding.make_mesh(bad)
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
+        sharding.make_mesh(count + 1, devices=jax.devices("cpu"))
     assert dict(sharding.make_mesh().shape) == {"data": count}
 
 
