@@ -277,3 +277,31 @@ def test_report_means_spreads_and_ranks_against_numpy():
     ties = [{"x": 0.5}, {"x": 0.2}, {"x": 0.5}, {}]
     report._rank(ties, "x")
     assert [t.get("x_rank") for t in ties] == [2, 1, 2, None]
+
+
+# Slow: a second process with two forced CPU devices and a second study.
+@pytest.mark.slow
+def test_devices_option_shards_over_a_mesh_and_matches_one_device(tmp_path):
+    argv = ["--quick", "--seconds", "0", "--optimizers", "sgd,armijo_sgd"]
+    argv += ["--regime", "full", "--no-progress", "--log-level", "WARNING"]
+    argv += ["--out", str(tmp_path)]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run(
+        [sys.executable, "-m", "experiments.compare", *argv, "--devices", "2"]
+        + ["--run-id", "two"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    two = _load(os.path.join(tmp_path, "two"))
+    assert len(two["mesh"]["devices"]) == 2 and two["config"]["devices"] == 2
+    with open(os.path.join(tmp_path, "two", "summary.md")) as handle:
+        assert "data-parallel over 2 device(s)" in handle.read()
+    one = _load(compare.main([*argv, "--run-id", "one"]))
+    for a, b in zip(one["runs"], two["runs"], strict=True):
+        # Sharding changes only the order of the float32 sums.
+        np.testing.assert_allclose(
+            a["history"]["train_loss"], b["history"]["train_loss"], rtol=1e-4
+        )
+        assert a["costs"] == b["costs"]
