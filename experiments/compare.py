@@ -469,7 +469,16 @@ def study(
     trials = tuning_trials(config, jobs)
     todo = [j for j in trials if not os.path.exists(_run_file(directory, j))]
     mains = [j for j in jobs if j["skip"] is None]
-    todo += [j for j in mains if not os.path.exists(_run_file(directory, j))]
+    tuned = {(t["regime"], t["optimizer"]) for t in trials}
+    # The first seed's run of a tuned method is its winning trial: no steps.
+    todo += [
+        j
+        for j in mains
+        if not os.path.exists(_run_file(directory, j))
+        and not (
+            j["seed"] == config["seeds"][0] and (j["regime"], j["optimizer"]) in tuned
+        )
+    ]
     bar = tqdm(
         total=len(todo) * config["steps"],
         disable=not progress,
