@@ -70,8 +70,9 @@ def targets_for(results: dict[str, Any], regime: str) -> list[float]:
     """The target train losses of ``regime``, loosest first.
 
     Those recorded in the results, else those given in the config, else the
-    initial train loss cut by 10, 100 and 1000. The initial loss is the median over the regime's runs of the first
-    recorded train loss (the same for every method given a seed).
+    initial train loss cut by 10, 100 and 1000. The initial loss is the median
+    over the regime's runs of the first recorded train loss (the same for
+    every method given a seed).
     """
     recorded = results.get("targets") or {}
     if recorded.get(regime):
@@ -283,6 +284,16 @@ def _target_table(mine: list[dict]) -> list[str]:
     return lines
 
 
+def _at_grid_edge(point: dict[str, Any], grid: dict[str, list]) -> bool:
+    """Whether a numeric grid value chosen is the grid's smallest or largest."""
+    for key, value in point.items():
+        values = grid.get(key, [])
+        numeric = [v for v in values if isinstance(v, int | float)]
+        if len(numeric) == len(values) > 2 and value in (min(numeric), max(numeric)):
+            return True
+    return False
+
+
 def _tuning_lines(results: dict[str, Any], regime: str) -> list[str]:
     entries = [t for t in results.get("tuning", []) if t["regime"] == regime]
     if not entries:
@@ -308,6 +319,9 @@ def _tuning_lines(results: dict[str, Any], regime: str) -> list[str]:
             if chosen is not None
             else "none finite: defaults"
         )
+        if chosen is not None and _at_grid_edge(chosen, t["grid"]):
+            # The best value may lie outside the grid: say so, do not hide it.
+            selected += " (grid edge)"
         lines.append(f"| {t['optimizer']} | {trials} | {selected} |")
     return lines
 

@@ -52,6 +52,11 @@ class RunSettings:
       max_grad_equivalents: work budget in gradient equivalents (needs the
         problem's measured cost ratios, see :func:`measure_cost_ratios`), or
         ``None``.
+
+    The caps are checked after each step, and the step that crosses one is
+    kept: a run overshoots a cap by at most one step, which matters for a
+    method whose single step is dearer than the whole cap (exact Newton on a
+    large k: one step, then ``status="max_grad_equivalents"``).
     """
 
     regime: str = "full"

@@ -305,3 +305,11 @@ def test_devices_option_shards_over_a_mesh_and_matches_one_device(tmp_path):
             a["history"]["train_loss"], b["history"]["train_loss"], rtol=1e-4
         )
         assert a["costs"] == b["costs"]
+
+
+def test_tuning_table_flags_a_choice_on_the_grid_edge():
+    grid = {"learning_rate": [0.03, 0.1, 0.3, 1.0]}
+    assert report._at_grid_edge({"learning_rate": 1.0}, grid)
+    assert report._at_grid_edge({"learning_rate": 0.03}, grid)
+    assert not report._at_grid_edge({"learning_rate": 0.3}, grid)
+    assert not report._at_grid_edge({"variant": "long"}, {"variant": ["long", "x"]})
