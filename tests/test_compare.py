@@ -313,3 +313,34 @@ def test_tuning_table_flags_a_choice_on_the_grid_edge():
     assert report._at_grid_edge({"learning_rate": 0.03}, grid)
     assert not report._at_grid_edge({"learning_rate": 0.3}, grid)
     assert not report._at_grid_edge({"variant": "long"}, {"variant": ["long", "x"]})
+
+
+def test_unknown_names_fail_listing_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--optimizers", "adam,newtonn"])
+    err = capsys.readouterr().err
+    assert "newtonn" in err and "armijo_sgd" in err and "optax_lbfgs" in err
+    with pytest.raises(SystemExit):
+        compare.main(["--problem", "mnist"])
+    assert "digits_mlp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--hparam", "adam=0.1"])
+    assert "OPTIMIZER.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    parser = compare.build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        for option in action.option_strings:
+            assert option in text
+        assert action.help
+
+
+def test_command_line_values_are_parsed_as_literals():
+    assert compare.parse_value("64,64") == (64, 64)
+    assert compare.parse_value("1e-3") == 1e-3
+    assert compare.parse_value("tanh") == "tanh"
+    assert compare.parse_hparams(["adam.learning_rate=0.1"]) == {
+        "adam": {"learning_rate": 0.1}
+    }
