@@ -456,9 +456,7 @@ def study(
     os.makedirs(os.path.join(directory, "runs", "tune"), exist_ok=True)
     _check_resumable(directory, config)
     # A kill during an atomic write leaves only its temporary file behind.
-    for stale in glob.glob(
-        os.path.join(directory, "runs", "**", ".tmp-*"), recursive=True
-    ):
+    for stale in glob.glob(os.path.join(directory, "**", ".tmp-*"), recursive=True):
         os.remove(stale)
 
     k = problems.num_params(problem.init_params(config["seeds"][0]))
