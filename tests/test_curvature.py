@@ -19,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 
 import so_opt
 from so_opt import curvature
+from so_opt._src import curvature as curvature_src
 
 # float32 products carry ~1e-6 relative rounding per operation; the loose
 # tolerance covers the accumulation over a few hundred terms.
@@ -210,13 +211,33 @@ def test_hessian_matrix_matches_jax_hessian(problem, dtype):
     _assert_close(np.asarray(out, np.float64), expected, dtype)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 10])
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 5, 7, 10])
 def test_hessian_matrix_chunking(chunk_size):
     # k = 7: chunks that divide k or not (shifted last chunk), k itself, > k.
     params, loss, _, _ = _array_problem("float64")
     out = so_opt.hessian_matrix(loss, params, chunk_size=chunk_size)
     expected = _reference("array")["hessian"]
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("k", "chunk_size", "expected"),
+    [
+        (610, 256, (3, 204)),
+        (2410, 256, (10, 241)),
+        (257, 256, (2, 129)),
+        (256, 256, (1, 256)),
+        (7, 3, (3, 3)),
+        (7, 10, (1, 7)),
+        (1, 1, (1, 1)),
+    ],
+)
+def test_hessian_chunks_are_balanced(k, chunk_size, expected):
+    num_chunks, rows = curvature_src._balanced_chunks(k, chunk_size)
+    assert (num_chunks, rows) == expected
+    # Every row is covered, no chunk exceeds the request, and the shifted last
+    # chunk redoes fewer rows than there are chunks.
+    assert rows <= chunk_size and 0 <= num_chunks * rows - k < num_chunks
 
 
 def test_hessian_matrix_mixed_dtypes_promote():
@@ -294,6 +315,19 @@ def test_hessian_eigenvalues_nnx(dtype):
     np.testing.assert_allclose(out.eigenvalues, np.r_[exact[:2], exact[-2:]], atol=tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hessian_eigenvalues_plain_array(dtype):
+    # k = 7 and 7 steps: a complete tridiagonalization, so both ends are exact
+    # up to rounding; float32 carries ~eps * ||H|| / lambda_min ~ 1e-5.
+    params, loss, _, _ = _array_problem(dtype)
+    exact = np.linalg.eigvalsh(_reference("array")["hessian"])
+    run = jax.jit(lambda p, key: so_opt.hessian_eigenvalues(loss, p, 1, key))
+    out = run(params, jax.random.key(2))
+    assert out.eigenvalues.dtype == jnp.dtype(dtype)
+    rtol = {"float32": 1e-4, "float64": 1e-6}[dtype]
+    np.testing.assert_allclose(out.eigenvalues, exact[[0, -1]], rtol=rtol)
+
+
 def test_hessian_eigenvalues_of_a_known_spectrum_with_repeats():
     # H = diag(1, 1, 1, 2, 5, 5): Lanczos meets an invariant subspace and must
     # restart to find the repeated eigenvalues.
@@ -307,7 +341,14 @@ def test_hessian_eigenvalues_of_a_known_spectrum_with_repeats():
 
 
 @pytest.mark.parametrize(
-    ("problem", "dtype"), [("array", "float64"), ("nnx", "float32"), ("nnx", "float64")]
+    ("problem", "dtype"),
+    [
+        ("array", "float32"),
+        ("array", "float64"),
+        ("dict", "float64"),
+        ("nnx", "float32"),
+        ("nnx", "float64"),
+    ],
 )
 def test_hessian_trace_within_standard_errors(problem, dtype):
     params, loss, _, _ = PROBLEMS[problem](dtype)
@@ -352,6 +393,12 @@ BAD_VECTORS = {
         TypeError,
         "dtypes",
     ),
+    "integer": (
+        {"a": jnp.ones((2, 3), jnp.int32), "b": jnp.ones(4)},
+        TypeError,
+        "dtypes",
+    ),
+    "scalar": ({"a": 1.0, "b": jnp.ones(4)}, ValueError, "shapes"),
 }
 
 
@@ -387,8 +434,13 @@ def test_mismatch_message_names_the_leaf():
     assert "['b']" in str(info.value) and "float64[5]" in str(info.value)
 
 
+_SUM_OF_SQUARES = lambda out: jnp.sum(out**2)
+
 CURVATURE_CALLS = {
     "hvp": lambda f, p: so_opt.hvp(f, p, p),
+    # The function doubles as the model, with a scalar output loss on top.
+    "ggn_vp": lambda f, p: so_opt.ggn_vp(f, _SUM_OF_SQUARES, p, p),
+    "linearize_ggn": lambda f, p: so_opt.linearize_ggn(f, _SUM_OF_SQUARES, p),
     "linearize_hvp": lambda f, p: so_opt.linearize_hvp(f, p),
     "hessian_matrix": lambda f, p: so_opt.hessian_matrix(f, p),
     "hessian_eigenvalues": lambda f, p: so_opt.hessian_eigenvalues(
@@ -399,27 +451,50 @@ CURVATURE_CALLS = {
 
 
 @pytest.mark.parametrize("call", CURVATURE_CALLS)
-def test_integer_params_raise(call):
-    params = {"a": jnp.ones(3), "n": jnp.arange(3)}
-    with pytest.raises(TypeError, match="`params` must hold floating-point"):
+@pytest.mark.parametrize(
+    "leaf", [jnp.arange(3), jnp.ones(3, bool), jnp.ones(3, jnp.complex64)]
+)
+def test_non_float_params_raise(call, leaf):
+    params = {"a": jnp.ones(3), "n": leaf}
+    with pytest.raises(TypeError, match=f"got a leaf of dtype {leaf.dtype}."):
         CURVATURE_CALLS[call](lambda p: jnp.sum(p["a"] ** 2), params)
 
 
 @pytest.mark.parametrize("call", CURVATURE_CALLS)
+def test_empty_params_raise(call):
+    with pytest.raises(ValueError, match="`params` must hold at least one array"):
+        CURVATURE_CALLS[call](lambda p: jnp.zeros(()), {})
+
+
+SCALAR_CALLS = [c for c in CURVATURE_CALLS if "ggn" not in c]
+
+
+@pytest.mark.parametrize("call", SCALAR_CALLS)
 def test_non_scalar_function_raises(call):
     with pytest.raises(ValueError, match=r"`fun` must return a scalar.*\(3,\)"):
         CURVATURE_CALLS[call](lambda x: x**2, jnp.ones(3))
 
 
-@pytest.mark.parametrize("call", CURVATURE_CALLS)
+@pytest.mark.parametrize("call", SCALAR_CALLS)
 def test_integer_valued_function_raises(call):
     with pytest.raises(TypeError, match="`fun` must return a"):
         CURVATURE_CALLS[call](lambda x: jnp.sum(x > 0), jnp.ones(3))
 
 
-def test_non_scalar_output_loss_raises():
-    with pytest.raises(ValueError, match="`output_loss_fn` must return a scalar"):
-        so_opt.ggn_vp(jnp.sin, lambda y: y**2, jnp.ones(3), jnp.ones(3))
+GGN_CALLS = {
+    "ggn_vp": lambda m, loss, x: so_opt.ggn_vp(m, loss, x, x),
+    "linearize_ggn": lambda m, loss, x: so_opt.linearize_ggn(m, loss, x)(x),
+}
+
+
+@pytest.mark.parametrize("call", GGN_CALLS)
+def test_non_scalar_output_loss_raises(call):
+    with pytest.raises(
+        ValueError, match=r"`output_loss_fn` must return a scalar.*\(3,\)"
+    ):
+        GGN_CALLS[call](jnp.sin, lambda y: y**2, jnp.ones(3))
+    with pytest.raises(TypeError, match="`output_loss_fn` must return a float"):
+        GGN_CALLS[call](jnp.sin, lambda y: jnp.sum(y > 0), jnp.ones(3))
 
 
 def test_memory_budget_too_small_raises_before_allocating():
@@ -434,6 +509,14 @@ def test_memory_budget_too_small_raises_before_allocating():
         lambda x: jnp.sum(x**2), jnp.ones(10), memory_budget_bytes=800
     )
     np.testing.assert_allclose(out, 2 * np.eye(10))
+
+
+def test_memory_budget_is_checked_before_tracing_the_function():
+    def fun(x):
+        raise AssertionError("`fun` was traced before the budget check.")
+
+    with pytest.raises(ValueError, match="`memory_budget_bytes` is 1000"):
+        so_opt.hessian_matrix(fun, jnp.ones((4, 4)), memory_budget_bytes=1000)
 
 
 BAD_ARGUMENTS = {
@@ -467,6 +550,10 @@ BAD_ARGUMENTS = {
     "num_samples": (
         lambda f, x: so_opt.hessian_trace(f, x, jax.random.key(0), 1),
         "`num_samples` must be an integer >= 2, got 1.",
+    ),
+    "batch_size": (
+        lambda f, x: so_opt.hessian_trace(f, x, jax.random.key(0), 4, batch_size=0),
+        "`batch_size` must be an integer >= 1, got 0.",
     ),
 }
 

@@ -64,14 +64,18 @@ def _checked_linear_map(linear_fn: Callable, params: Params) -> Callable:
     return checked
 
 
-def _hvp_at(grad_fn: Callable, params: Params) -> Callable:
-    """Returns ``v -> jvp(grad_fn)(params; v)`` with ``params`` held fixed.
+def _linearized_hvp(grad_fn: Callable, params: Params) -> tuple[Params, Callable]:
+    """Returns ``(grad, v -> H v)`` from one ``jax.linearize`` of ``grad_fn``.
 
-    Each product reruns forward over reverse instead of replaying a stored
-    ``jax.linearize``: measured as fast or faster on CPU (BENCHMARKS.md), and
-    it holds no residuals between products.
+    The primal forward and backward passes run once, here; each product then
+    replays only the tangent pass on the stored residuals. Inside a compiled
+    loop XLA often hoists that primal work out of independent
+    forward-over-reverse products as well, but not out of a product taken
+    before the loop: truncated CG with a warm start (one product in a
+    ``lax.cond``, then the loop) costs half a gradient more and a quarter more
+    peak memory with independent products (BENCHMARKS.md).
     """
-    return lambda vector: jax.jvp(grad_fn, (params,), (vector,))[1]
+    return jax.linearize(grad_fn, params)
 
 
 def hvp(fun: Callable[[Params], jax.Array], params: Params, vector: Params) -> Params:
@@ -82,7 +86,7 @@ def hvp(fun: Callable[[Params], jax.Array], params: Params, vector: Params) -> P
 
     computed as ``jax.jvp(jax.grad(fun), (params,), (vector,))``: about two to
     three gradients of work and the memory of one gradient. For many products at
-    the same point, :func:`linearize_hvp` does the checks and the gradient once.
+    the same point, :func:`linearize_hvp` runs the primal passes once.
 
     Args:
       fun: scalar function of ``params`` (the loss on the current batch).
@@ -110,7 +114,8 @@ def hvp(fun: Callable[[Params], jax.Array], params: Params, vector: Params) -> P
     """
     base.check_float_params(params)
     tree.check_tree_like(vector, params, "vector")
-    return _hvp_at(jax.grad(_checked_scalar_fun(fun, "fun")), params)(vector)
+    grad_fn = jax.grad(_checked_scalar_fun(fun, "fun"))
+    return jax.jvp(grad_fn, (params,), (vector,))[1]
 
 
 def linearize_hvp(
@@ -118,12 +123,12 @@ def linearize_hvp(
 ) -> tuple[Params, Callable[[Params], Params]]:
     r"""Returns the gradient at ``params`` and the map :math:`v \mapsto Hv`.
 
-    The checks and the gradient happen once, here. Each product then runs
-    forward over reverse at the fixed point: replaying one ``jax.linearize``
-    (stored residuals, one tangent pass per product) was measured no faster
-    for 10 products in a row on the digits MLP, so it is not used (see
-    ``BENCHMARKS.md``). Use it when several products are taken at one point
-    (CG, Lanczos).
+    The gradient map is linearized once (``jax.linearize``): the checks, the
+    primal forward and backward passes and their residuals happen here, and
+    each product replays one tangent pass. Use it when several products are
+    taken at one point (CG, Lanczos): in so_opt's truncated CG with a warm
+    start it saves half a gradient per solve and a fifth of the peak memory
+    over independent products (``BENCHMARKS.md``).
 
     Args:
       fun: scalar function of ``params``.
@@ -151,7 +156,8 @@ def linearize_hvp(
     """
     base.check_float_params(params)
     grad_fn = jax.grad(_checked_scalar_fun(fun, "fun"))
-    return grad_fn(params), _checked_linear_map(_hvp_at(grad_fn, params), params)
+    grad, hvp_fn = _linearized_hvp(grad_fn, params)
+    return grad, _checked_linear_map(hvp_fn, params)
 
 
 def ggn_vp(
@@ -263,6 +269,18 @@ def _flat_problem(fun: Callable, params: Params):
     return x, _checked_scalar_fun(lambda flat: fun(unravel(flat)), "fun")
 
 
+def _balanced_chunks(k: int, chunk_size: int) -> tuple[int, int]:
+    """Returns ``(num_chunks, rows)``: equal chunks of at most ``chunk_size`` rows.
+
+    The last chunk is shifted back to end at row ``k``, so it recomputes
+    ``num_chunks * rows - k < num_chunks`` rows. With chunks of exactly
+    ``chunk_size`` rows it could redo almost a whole chunk: k = 610 in chunks
+    of 256 took 768 products, 26% more work (BENCHMARKS.md).
+    """
+    num_chunks = math.ceil(k / chunk_size)
+    return num_chunks, math.ceil(k / num_chunks)
+
+
 def hessian_matrix(
     fun: Callable[[Params], jax.Array],
     params: Params,
@@ -278,8 +296,9 @@ def hessian_matrix(
       H_{ij} = \frac{\partial^2 f}{\partial x_i \partial x_j}, \qquad
       H[i{:}i{+}c] = \big(H e_i, \dots, H e_{i+c-1}\big)^\top ,
 
-    built ``chunk_size`` rows at a time from vmapped forward-over-reverse
-    Hessian-vector products, written into one preallocated ``k x k`` buffer.
+    built ``chunk_size`` rows at a time from vmapped Hessian-vector products of
+    the gradient map linearized once, written into one preallocated ``k x k``
+    buffer.
     Peak memory is the matrix plus one chunk of products, instead of ``k``
     simultaneous products as in ``jax.hessian``. The size is checked
     against ``memory_budget_bytes`` before anything is allocated.
@@ -288,7 +307,8 @@ def hessian_matrix(
       fun: scalar function of ``params``.
       params: point of evaluation; any pytree of floating-point arrays, ordered
         as ``jax.flatten_util.ravel_pytree`` orders them.
-      chunk_size: rows per batched product; defaults to ``min(k, 256)``.
+      chunk_size: most rows per batched product (default 256); the ``k``
+        rows are split into ``ceil(k / chunk_size)`` chunks of equal size.
       memory_budget_bytes: largest allowed size of the matrix, in bytes.
 
     Returns:
@@ -324,13 +344,12 @@ def hessian_matrix(
             f"`hessian_eigenvalues`, which never form the matrix."
         )
     if chunk_size is None:
-        chunk_size = min(k, _DEFAULT_CHUNK_SIZE)
+        chunk_size = _DEFAULT_CHUNK_SIZE
     base.check_int_at_least(chunk_size, "chunk_size", 1)
-    chunk_size = min(chunk_size, k)
+    num_chunks, chunk_size = _balanced_chunks(k, chunk_size)
 
     x, flat_fun = _flat_problem(fun, params)
-    batched_hvp = jax.vmap(_hvp_at(jax.grad(flat_fun), x))
-    num_chunks = math.ceil(k / chunk_size)
+    batched_hvp = jax.vmap(_linearized_hvp(jax.grad(flat_fun), x)[1])
 
     def fill_rows(i, hessian):
         # The last chunk is shifted back to end at row k: it recomputes a few
@@ -382,8 +401,8 @@ def hessian_eigenvalues(
     .. math::
       \min_j |\lambda_j - \theta_i| \le |\beta_m\, s_{m,i}| .
 
-    Costs ``num_iterations`` Hessian-vector products and
-    ``O(num_iterations * k)`` memory for the basis.
+    Costs ``num_iterations`` Hessian-vector products (the gradient map is
+    linearized once) and ``O(num_iterations * k)`` memory for the basis.
 
     Args:
       fun: scalar function of ``params``.
@@ -435,7 +454,7 @@ def hessian_eigenvalues(
     )
 
     x, flat_fun = _flat_problem(fun, params)
-    flat_hvp = _hvp_at(jax.grad(flat_fun), x)
+    _, flat_hvp = _linearized_hvp(jax.grad(flat_fun), x)
     v0 = jax.random.normal(key, x.shape, x.dtype)
     result = lanczos.lanczos(flat_hvp, v0, num_iterations)
     values, residuals = lanczos.ritz_values(result)
@@ -513,7 +532,7 @@ def hessian_trace(
     base.check_int_at_least(num_samples, "num_samples", 2)
     base.check_int_at_least(batch_size, "batch_size", 1)
     x, flat_fun = _flat_problem(fun, params)
-    flat_hvp = _hvp_at(jax.grad(flat_fun), x)
+    _, flat_hvp = _linearized_hvp(jax.grad(flat_fun), x)
 
     # Probes are drawn on the flat vector: one sampler per probe instead of
     # one per leaf, which also keeps the compiled loop small.
