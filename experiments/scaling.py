@@ -2,8 +2,13 @@
 
 For the digits MLP with one hidden layer of width h (k = 75 h + 10 params),
 each component below is compiled once per k (compilation excluded), then
-timed in interleaved repeats (every repeat visits every (k, component) in a
-fresh random order, so load drift hits all of them alike):
+timed in interleaved repeats: every repeat visits every (k, component) in a
+fresh random order, so load drift hits all of them alike; a sample of a
+short call is a batch of calls lasting at least ``--min-sample-seconds``,
+and a (k, component) stops once its samples add up to ``--max-seconds``
+(a call that long is timed once, by its warm-up call). The dense Newton
+parts stop at ``--newton-max-k``; the matrix-free ones go on to larger k,
+where their per-call overheads no longer hide the linear growth.
 
 - ``newton_step``: one full step of ``so_opt.newton`` (gradient, dense
   Hessian, damped Cholesky solve, line search);
@@ -62,13 +67,25 @@ THREAD_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
 }
 DEFAULTS = {
-    "hidden": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128],
-    "repeats": 3,
+    # k = 310 to 76,810; the dense Newton parts stop at newton_max_k.
+    "hidden": [4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    "newton_max_k": 10_000,
+    "repeats": 5,
+    "min_sample_seconds": 0.05,
+    "max_seconds": 20.0,
     "cg_steps": 10,
     # Below about 1000 params fixed per-call overheads flatten every curve.
     "fit_min_k": 1000,
 }
-QUICK = {"hidden": [2, 4, 8], "repeats": 3, "cg_steps": 5, "fit_min_k": 0}
+QUICK = {
+    "hidden": [2, 4, 8],
+    "newton_max_k": 400,
+    "repeats": 2,
+    "min_sample_seconds": 0.01,
+    "max_seconds": 1.0,
+    "cg_steps": 5,
+    "fit_min_k": 0,
+}
 
 # name: (what is timed, the slope the textbook predicts)
 COMPONENTS = {
@@ -196,7 +213,7 @@ def components(
         ),
         "lbfgs_step": step_of(so_opt.lbfgs()),
     }
-    if 3 * k * k * dtype.itemsize <= budget:
+    if k <= config["newton_max_k"] and 3 * k * k * dtype.itemsize <= budget:
         out["newton_step"] = step_of(so_opt.newton(memory_budget_bytes=budget))
         out["newton_hessian"] = (jax.jit(hessian), (params, batch))
         matrix = _spd_matrix(k, config["seed"], dtype)
@@ -216,14 +233,51 @@ def _memory(compiled) -> dict[str, int] | None:
     return parts
 
 
-def _time(fn, args) -> float:
+def _time(fn, args, calls: int = 1) -> float:
+    """Seconds per call of ``calls`` back-to-back calls of ``fn(*args)``."""
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
+    for _ in range(calls):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls
+
+
+def _compile(job: dict[str, Any], config: dict[str, Any]) -> None:
+    """Compiles a job, times its warm-up call and chooses calls per sample.
+
+    A call that takes ``max_seconds`` or longer is not called again: its
+    warm-up call (compilation is already done by then) is its only sample.
+    """
+    fn, args = job["parts"]
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    job.update(
+        fn=compiled,
+        args=args,
+        memory=_memory(compiled),
+        compile_seconds=time.perf_counter() - start,
+    )
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    warm = time.perf_counter() - start
+    if job["component"] == "hessian_free_step":
+        job["cg_steps"] = int(out[1].cg_steps)
+    # Calls of a few milliseconds are timed in batches: one call alone is at
+    # the mercy of the scheduler on a shared machine.
+    job["calls"] = max(1, min(1000, math.ceil(config["min_sample_seconds"] / warm)))
+    job["seconds"], job["spent"] = [], 0.0
+    job["warm_up_only"] = warm >= config["max_seconds"]
+    if job["warm_up_only"]:
+        job["seconds"], job["spent"] = [warm], warm
 
 
 def measure(config: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
-    """Compiles every (k, component), then times them in interleaved repeats."""
+    """Compiles every (k, component), then times them in interleaved repeats.
+
+    Each repeat visits every unfinished job once, in a fresh random order, so
+    that load drift on a shared machine hits all of them alike. A job stops
+    after ``repeats`` samples or once its samples add up to ``max_seconds``.
+    """
     jobs = {}
     for h in config["hidden"]:
         problem = problems.digits_mlp(hidden=(h,), dtype=config["dtype"])
@@ -231,36 +285,37 @@ def measure(config: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
         k = problems.num_params(problem.init_params(config["seed"]))
         for name in COMPONENTS:
             if name not in parts:
-                logger.warning("k = %d: %s skipped (over the budget)", k, name)
+                logger.info(
+                    "k = %d: %s skipped (over --newton-max-k or memory)", k, name
+                )
                 continue
-            jobs[(k, name)] = {"hidden": h, "parts": parts[name]}
-    compiles = len(jobs)
+            jobs[(k, name)] = {"hidden": h, "component": name, "parts": parts[name]}
     bar = tqdm(
-        total=compiles * (1 + config["repeats"]),
+        total=len(jobs) * (1 + config["repeats"]),
         disable=not progress,
         desc="scaling",
-        unit="call",
+        unit="sample",
     )
     with bar:
         for (k, name), job in jobs.items():
             bar.set_postfix_str(f"compile k={k} {name}")
-            fn, args = job["parts"]
-            start = time.perf_counter()
-            compiled = fn.lower(*args).compile()
-            job.update(fn=compiled, args=args, memory=_memory(compiled))
-            out = compiled(*args)  # warm-up call
-            job["compile_seconds"] = time.perf_counter() - start
-            if name == "hessian_free_step":
-                job["cg_steps"] = int(out[1].cg_steps)
-            job["seconds"] = []
+            _compile(job, config)
             bar.update()
         rng = np.random.default_rng(config["seed"])
         keys = list(jobs)
         for repeat in range(config["repeats"]):
             for i in rng.permutation(len(keys)):
                 job = jobs[keys[i]]
-                bar.set_postfix_str(f"repeat {repeat + 1} k={keys[i][0]}")
-                job["seconds"].append(_time(job["fn"], job["args"]))
+                if (
+                    len(job["seconds"]) > repeat
+                    or job["spent"] >= config["max_seconds"]
+                ):
+                    bar.update()
+                    continue
+                bar.set_postfix_str(f"repeat {repeat + 1} k={keys[i][0]} {keys[i][1]}")
+                seconds = _time(job["fn"], job["args"], job["calls"])
+                job["seconds"].append(seconds)
+                job["spent"] += seconds * job["calls"]
                 bar.update()
 
     records = []
@@ -273,6 +328,8 @@ def measure(config: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
             "k": k,
             "seconds": seconds,
             "median_seconds": statistics.median(seconds),
+            "calls_per_sample": job["calls"],
+            "warm_up_only": job["warm_up_only"],
             "compile_seconds": job["compile_seconds"],
             "memory": job["memory"],
         }
@@ -345,14 +402,20 @@ def plot(records: list[dict[str, Any]], analysis: dict, directory: str) -> list[
                 label += f": slope {fit['slope']:.2f}"
                 if not math.isnan(fit["ci_low"]):
                     label += f" [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}]"
-                line = np.exp(fit["intercept"]) * ks ** fit["slope"]
-                ax.plot(ks, line, "--", color=colours(index), linewidth=1)
+                # The fitted line spans only the k it was fitted on.
+                fitted = ks[ks >= analysis["config"]["fit_min_k"]]
+                line = np.exp(fit["intercept"]) * fitted ** fit["slope"]
+                ax.plot(fitted, line, "--", color=colours(index), linewidth=1.2)
             ax.plot(ks, ys, "o-", color=colours(index), label=label, linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of params k")
         ax.set_ylabel(ylabel)
-        ax.set_title("digits MLP: cost per step against k")
+        ax.set_title(
+            "digits MLP: time per call against k (dashed: fitted power law)"
+            if key == "median_seconds"
+            else "digits MLP: memory per call against k"
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="small")
         path = os.path.join(directory, filename)
@@ -407,8 +470,11 @@ def report(directory: str, results: dict[str, Any]) -> str:
     header = [
         f"# scaling: digits MLP, k = {ks[0]} to {ks[-1]}",
         "",
-        f"Median of {config['repeats']} interleaved repeats per (k, component), "
-        f"compilation excluded; {config['dtype']}; Hessian-free with exactly "
+        f"Median of up to {config['repeats']} interleaved samples per (k, "
+        f"component) (a sample lasts at least {config['min_sample_seconds']} s; "
+        f"sampling stops after {config['max_seconds']} s), compilation excluded; "
+        f"dense Newton parts up to k = {config['newton_max_k']}; "
+        f"{config['dtype']}; Hessian-free with exactly "
         f"{config['cg_steps']} CG steps; solve by {config['solver']}; slopes "
         f"fitted on k >= {config['fit_min_k']}. Threads: "
         + ", ".join(f"{k}={v}" for k, v in results["threads"].items())
@@ -454,6 +520,33 @@ def report(directory: str, results: dict[str, Any]) -> str:
     return text
 
 
+# Options with a preset value: (flag, type, help). Their defaults come from
+# DEFAULTS or, with --quick, from QUICK.
+_PRESET_OPTIONS = {
+    "hidden": ("--hidden", str, "comma-separated hidden widths h (k = 75 h + 10)"),
+    "newton_max_k": (
+        "--newton-max-k",
+        int,
+        "time the dense Newton parts only up to this k (a step at k = 10^4 "
+        "takes about a minute on one CPU core)",
+    ),
+    "repeats": ("--repeats", int, "timed samples per (k, component) at most"),
+    "min_sample_seconds": (
+        "--min-sample-seconds",
+        float,
+        "one sample repeats a short call until it lasts this long",
+    ),
+    "max_seconds": (
+        "--max-seconds",
+        float,
+        "stop sampling a (k, component) once its samples add up to this; a call "
+        "this long is timed once",
+    ),
+    "cg_steps": ("--cg-steps", int, "CG iterations per Hessian-free step"),
+    "fit_min_k": ("--fit-min-k", int, "fit slopes on k >= this only"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.scaling",
@@ -463,24 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
         + " are set in the environment.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--hidden",
-        default=None,
-        help="comma-separated hidden widths h (k = 75 h + 10) "
-        f"[{','.join(map(str, DEFAULTS['hidden']))}]",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help=f"timed calls per (k, component) [{DEFAULTS['repeats']}]",
-    )
-    parser.add_argument(
-        "--cg-steps",
-        type=int,
-        default=None,
-        help=f"CG iterations per Hessian-free step [{DEFAULTS['cg_steps']}]",
-    )
+    for key, (flag, kind, text) in _PRESET_OPTIONS.items():
+        shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            help=f"{text} [{shown(DEFAULTS[key])}; quick: {shown(QUICK[key])}]",
+        )
     parser.add_argument(
         "--products",
         type=int,
@@ -500,16 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=16.0,
         help="dense Newton parts are skipped where 3 k x k matrices exceed it",
     )
-    parser.add_argument(
-        "--fit-min-k",
-        type=int,
-        default=None,
-        help=f"fit slopes on k >= this only [{DEFAULTS['fit_min_k']}; quick: 0]",
-    )
     outputs.add_common_arguments(
         parser,
-        f"smoke-test preset: h = {QUICK['hidden']}, {QUICK['repeats']} repeats, "
-        f"{QUICK['cg_steps']} CG steps (explicit options win)",
+        f"smoke-test preset: h = {QUICK['hidden']}, Newton up to k = "
+        f"{QUICK['newton_max_k']}, {QUICK['repeats']} repeats (explicit options "
+        "win)",
     )
     return parser
 
@@ -517,28 +595,41 @@ def build_parser() -> argparse.ArgumentParser:
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
     """The validated configuration of the study."""
     preset = QUICK if args.quick else DEFAULTS
-    hidden = preset["hidden"]
-    if args.hidden is not None:
-        hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     config = {
-        "hidden": sorted(set(hidden)),
-        "repeats": preset["repeats"] if args.repeats is None else args.repeats,
-        "cg_steps": preset["cg_steps"] if args.cg_steps is None else args.cg_steps,
-        "products": args.products,
-        "solver": args.solver,
-        "dtype": np.dtype(args.dtype).name,
-        "memory_budget_gb": args.memory_budget_gb,
-        "fit_min_k": preset["fit_min_k"] if args.fit_min_k is None else args.fit_min_k,
-        "seed": args.seed,
-        "quick": bool(args.quick),
+        key: preset[key] if getattr(args, key) is None else getattr(args, key)
+        for key in _PRESET_OPTIONS
     }
+    hidden = config["hidden"]
+    if isinstance(hidden, str):
+        try:
+            hidden = [int(h) for h in hidden.split(",") if h.strip()]
+        except ValueError:
+            raise ValueError(
+                f"`--hidden` must be comma-separated integers, got {hidden!r}."
+            ) from None
+    config.update(
+        hidden=sorted(set(hidden)),
+        products=args.products,
+        solver=args.solver,
+        dtype=np.dtype(args.dtype).name,
+        memory_budget_gb=args.memory_budget_gb,
+        seed=args.seed,
+        quick=bool(args.quick),
+    )
     if len(config["hidden"]) < 2 or min(config["hidden"]) < 1:
         raise ValueError(
             f"`--hidden` needs at least two distinct widths >= 1, got {hidden}."
         )
     for key in ("repeats", "cg_steps", "products"):
         if config[key] < 1:
-            raise ValueError(f"`--{key.replace('_', '-')}` must be >= 1.")
+            raise ValueError(
+                f"`--{key.replace('_', '-')}` must be >= 1, got {config[key]}."
+            )
+    for key in ("min_sample_seconds", "max_seconds"):
+        if not config[key] > 0:
+            raise ValueError(
+                f"`--{key.replace('_', '-')}` must be > 0, got {config[key]}."
+            )
     return config
 
 

@@ -47,6 +47,7 @@ def test_timed_solve_solves_the_system():
         "cg_steps": 3,
         "products": 2,
         "solver": "cholesky",
+        "newton_max_k": 10_000,
     }
     parts = scaling.components(problems.digits_mlp(hidden=(1,)), config)
     assert set(parts) == set(scaling.COMPONENTS)
@@ -54,11 +55,11 @@ def test_timed_solve_solves_the_system():
         fn = scaling._solve_fn(solver)
         matrix, g = parts["newton_solve"][1]
         np.testing.assert_allclose(matrix @ fn(matrix, g), g, atol=1e-10)
-    # Dense parts are skipped when three k x k matrices exceed the budget.
-    small = scaling.components(
-        problems.digits_mlp(hidden=(1,)), {**config, "memory_budget_gb": 1e-4}
-    )
-    assert not set(scaling.NEWTON) & set(small)
+    # Dense parts are skipped when three k x k matrices exceed the budget, or
+    # above the k cap (k = 85 here).
+    for change in ({"memory_budget_gb": 1e-4}, {"newton_max_k": 84}):
+        small = scaling.components(problems.digits_mlp(hidden=(1,)), config | change)
+        assert set(small) == set(scaling.COMPONENTS) - set(scaling.NEWTON)
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +78,25 @@ def test_quick_preset_writes_finite_measurements(quick):
     for name in ("scaling_time.png", "scaling_memory.png"):
         with open(os.path.join(directory, name), "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert results["config"]["quick"] and results["seed"] == 0
+    config = results["config"]
+    assert config["quick"] and results["seed"] == 0
     assert results["environment"]["versions"]["jax"]
     records = results["records"]
-    hidden = scaling.QUICK["hidden"]
-    assert len(records) == len(hidden) * len(scaling.COMPONENTS)
+    ks = [75 * h + 10 for h in scaling.QUICK["hidden"]]
+    dense_ks = [k for k in ks if k <= scaling.QUICK["newton_max_k"]]
+    assert 2 <= len(dense_ks) < len(ks)  # the preset exercises the Newton cap
+    expected = {
+        (name, k)
+        for name in scaling.COMPONENTS
+        for k in (dense_ks if name in scaling.NEWTON else ks)
+    }
+    assert {(r["component"], r["k"]) for r in records} == expected
     for r in records:
         assert r["k"] == 75 * r["hidden"] + 10
-        assert len(r["seconds"]) == scaling.QUICK["repeats"]
+        assert 1 <= len(r["seconds"]) <= config["repeats"]
         assert all(math.isfinite(s) and s > 0 for s in r["seconds"])
-        assert r["memory"]["peak"] > 0
+        assert r["median_seconds"] == np.median(r["seconds"])
+        assert r["calls_per_sample"] >= 1 and r["memory"]["peak"] > 0
         # The dense Hessian and the solved matrix are in memory at once.
         if r["component"] in ("newton_hessian", "newton_solve"):
             assert r["memory"]["peak"] >= r["k"] ** 2 * jnp.dtype("float32").itemsize
@@ -94,7 +104,35 @@ def test_quick_preset_writes_finite_measurements(quick):
             assert r["cg_steps"] == scaling.QUICK["cg_steps"]
     for name in scaling.COMPONENTS:
         fit = results["fits"][name]
-        assert fit["num_points"] == len(hidden)
-        assert all(math.isfinite(fit[key]) for key in ("slope", "ci_low", "ci_high"))
+        points = len(dense_ks) if name in scaling.NEWTON else len(ks)
+        assert fit["num_points"] == points and math.isfinite(fit["slope"])
+        # Two points fix the line exactly: no interval; three give one.
+        assert math.isfinite(fit["ci_low"]) == (points > 2)
     crossing = results["crossover_k"]["measured"]
-    assert crossing is None or min(r["k"] for r in records) <= crossing
+    assert crossing is None or min(dense_ks) <= crossing <= max(dense_ks)
+
+
+def test_batched_samples_time_one_call(tmp_path):
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        return x
+
+    assert scaling._time(fn, (jnp.ones(3),), calls=4) > 0
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--hidden", "8"], "`--hidden` needs at least two"),
+        (["--hidden", "8,x"], "`--hidden` must be comma-separated integers"),
+        (["--repeats", "0"], "`--repeats` must be >= 1, got 0"),
+        (["--max-seconds", "0"], "`--max-seconds` must be > 0, got 0.0"),
+    ],
+)
+def test_bad_options_name_the_option(argv, match):
+    args = scaling.build_parser().parse_args(argv)
+    with pytest.raises(ValueError, match=match):
+        scaling.make_config(args)
