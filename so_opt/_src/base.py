@@ -10,10 +10,12 @@ caller, :func:`so_opt.minimize` or the study runner) adds its own evaluations.
 from __future__ import annotations
 
 import enum
+import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 Updates = Any
@@ -179,8 +181,15 @@ def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
 
 
 def check_int_at_least(value: int, name: str, low: int) -> None:
-    """Raises ``ValueError`` unless ``value`` is an int with ``value >= low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """Raises ``ValueError`` unless ``value`` is an integer with ``value >= low``.
+
+    numpy integers count (a config read with numpy gives ``np.int64``); bools
+    do not, although Python treats them as integers.
+    """
+    is_int = isinstance(value, numbers.Integral) and not isinstance(
+        value, bool | np.bool_
+    )
+    if not is_int or value < low:
         raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
 
 
