@@ -150,7 +150,7 @@ def _regime_lines(regime: str, rows: list[dict]) -> list[str]:
             + ", ".join(
                 f"`{r['optimizer']}` {r['test_accuracy_mean']:.3f}" for r in best
             )
-            + "; "
+            + "; gradient descent: "
             + ", ".join(
                 f"`{r['optimizer']}` {r['test_accuracy_mean']:.3f}"
                 for r in rows
@@ -179,20 +179,22 @@ def scaling_lines(results: dict[str, Any], figures: dict[str, str]) -> list[str]
     fits = results["fits"]
     by = {(r["component"], r["k"]): r for r in records}
     ks = sorted({r["k"] for r in records})
+    dense = sorted(r["k"] for r in records if r["component"] == "newton_step")
     lines = [
         f"### What one step costs as k grows (`scaling`, run `{results['run_id']}`)",
         "",
-        f"The digits MLP with one hidden layer, k = {ks[0]:,} to {ks[-1]:,} params; "
-        f"one step from the initial params, median of {config['repeats']} "
-        "interleaved repeats, compilation excluded, "
+        f"The digits MLP with one hidden layer, k = {ks[0]:,} to {ks[-1]:,} params "
+        + (f"(exact Newton up to k = {dense[-1]:,}); " if dense else "; ")
+        + f"one step from the initial params, median of up to {config['repeats']} "
+        "interleaved samples, compilation excluded, "
         f"{config['dtype']}, single-threaded BLAS and XLA, "
         f"{results['environment']['device_kind']}. Slopes are least-squares fits "
-        f"of log time on log k for k >= {config['fit_min_k']:,}, with 95 % "
+        f"of log time on log k over k >= {config['fit_min_k']:,}, with 95 % "
         "confidence intervals.",
         "",
-        "| component | expected slope | fitted slope [95 % CI] | "
-        f"s at k = {ks[0]:,} | s at k = {ks[-1]:,} | peak MiB at k = {ks[-1]:,} |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| component | expected slope | fitted slope [95 % CI] | k fitted | "
+        "s at smallest k | s at largest k | peak MiB at largest k |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     expected = {
         "newton_step": "2 to 3",
@@ -203,15 +205,17 @@ def scaling_lines(results: dict[str, Any], figures: dict[str, str]) -> list[str]
         "lbfgs_step": "1",
     }
     for name, slope in expected.items():
-        low, high = by.get((name, ks[0])), by.get((name, ks[-1]))
-        if low is None and high is None:
+        mine = sorted(k for (n, k) in by if n == name)
+        if not mine:
             continue
-        memory = (high or {}).get("memory") or {}
+        low, high = by[name, mine[0]], by[name, mine[-1]]
+        fitted = [k for k in mine if k >= config["fit_min_k"]]
+        span = f"{fitted[0]:,} to {fitted[-1]:,}" if len(fitted) > 1 else "-"
+        peak = (high.get("memory") or {}).get("peak")
         lines.append(
-            f"| `{name}` | {slope} | {_fit_cell(fits.get(name))} | "
-            f"{_g(low and low['median_seconds'])} | "
-            f"{_g(high and high['median_seconds'])} | "
-            f"{_g(memory.get('peak', math.nan) / 2**20)} |"
+            f"| `{name}` | {slope} | {_fit_cell(fits.get(name))} | {span} | "
+            f"{_g(low['median_seconds'])} | {_g(high['median_seconds'])} | "
+            f"{_g(peak / 2**20 if peak else None)} |"
         )
     lines += ["", *_scaling_bullets(results, by, ks), ""]
     lines += _image(figures, "scaling_time.png", "time per step against k")
@@ -325,6 +329,97 @@ def spectrum_lines(results: dict[str, Any], figures: dict[str, str]) -> list[str
     return lines
 
 
+# -- the answer in short -------------------------------------------------------
+
+
+def answer_lines(loaded: dict[str, dict]) -> list[str]:
+    """A few bullets that answer the project's question from all three studies."""
+    out = []
+    compare = loaded.get("compare")
+    if compare:
+        from experiments import report
+
+        rows = report.summarize(compare)
+        for regime in compare["config"]["regimes"]:
+            mine = [r for r in rows if r["regime"] == regime and "skipped" not in r]
+            if mine and mine[0]["targets"]:
+                out += _regime_answer(regime, mine)
+    scaling = loaded.get("scaling")
+    if scaling:
+        out += _cost_answer(scaling, (compare or {}).get("num_params"))
+    spectrum = loaded.get("spectrum")
+    if spectrum:
+        points = spectrum["checkpoints"]
+        negative = sum(c["num_negative"] > 0 for c in points)
+        out.append(
+            f"- **Curvature**: the Hessian has negative eigenvalues at {negative} "
+            f"of {len(points)} points along training (lambda_min "
+            f"{_g(points[-1]['lambda_min'])} against lambda_max "
+            f"{_g(points[-1]['lambda_max'])} at the end), so a Newton step must "
+            "be damped, or use Gauss-Newton curvature, to go downhill."
+        )
+    return out
+
+
+def _regime_answer(regime: str, rows: list[dict]) -> list[str]:
+    i = len(rows[0]["targets"]) - 1
+    parts = []
+    for kind, what in (("seconds", "wall time"), ("work", "gradient equivalents")):
+        _, pairs = beats(rows, i, kind)
+        text = f"{len(pairs)} in {what}"
+        if pairs:
+            text += f" (best `{pairs[0][0]['optimizer']}`"
+            if pairs[0][1] is not None:
+                text += f", {pairs[0][1]:.2g}x"
+            text += ")"
+        parts.append(text)
+    others = sum(r["optimizer"] not in BASELINES for r in rows)
+    title = "Full batch" if regime == "full" else "Mini-batch"
+    out = [
+        f"- **{title}**, to the tightest target (train loss "
+        f"{_g(rows[0]['targets'][i])}) on every seed: of {others} methods, "
+        + " and ".join(parts)
+        + " beat the better of fixed- and annealed-rate gradient descent."
+    ]
+    base, _ = beats(rows, i, "seconds")
+    for row in rows:
+        if row["optimizer"] not in ("newton", "newton_saddle_free"):
+            continue
+        seconds = row[f"ranked_seconds_{i}"]
+        text = f" `{row['optimizer']}` "
+        if seconds is None:
+            text += "does not get there on every seed."
+        else:
+            text += f"gets there in {_g(seconds)} s"
+            if base is not None:
+                text += f" ({seconds / base[f'ranked_seconds_{i}']:.2g}x)"
+            text += "."
+        out[0] += text
+    return out
+
+
+def _cost_answer(scaling: dict, k: int | None) -> list[str]:
+    by = {(r["component"], r["k"]): r for r in scaling["records"]}
+    dense = sorted(kk for (n, kk) in by if n == "newton_step")
+    if k not in dense:
+        k = dense[-1] if dense else None
+    if k is None or ("hessian_free_step", k) not in by:
+        return []
+    newton = by["newton_step", k]["median_seconds"]
+    hf = by["hessian_free_step", k]["median_seconds"]
+    text = (
+        f"- **Cost of exact Newton** at k = {k:,}: one step takes {_g(newton)} s, "
+        f"{newton / hf:.3g}x a Hessian-free step"
+    )
+    if dense[-1] != k:
+        seconds = by["newton_step", dense[-1]]["median_seconds"]
+        text += f"; at k = {dense[-1]:,}, {_g(seconds)} s"
+    fit = scaling["fits"].get("newton_step")
+    if fit:
+        text += f"; it grows as k^{fit['slope']:.2f}"
+    return [text + "."]
+
+
 # -- the section ---------------------------------------------------------------
 
 
@@ -337,6 +432,9 @@ def section(loaded: dict[str, dict], figures: dict[str, dict]) -> str:
         "Reproduce all of it (about an hour on a 2-core CPU): `scripts/reproduce.sh`.",
         "",
     ]
+    answer = answer_lines(loaded)
+    if answer:
+        lines += ["In short:", "", *answer, ""]
     writers = {
         "compare": compare_lines,
         "scaling": scaling_lines,

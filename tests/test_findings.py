@@ -216,6 +216,11 @@ def test_section_states_the_numbers_and_embeds_copied_figures(tree):
     assert "`sgd_annealed` takes 3 s; beaten in wall time by `lbfgs` (0.67x)" in line
     assert "`sgd_annealed` takes 3 gradient equivalents; beaten in work by none" in line
     assert "`newton`" in readme.split("Not at 0.1 on every seed")[1].splitlines()[0]
+    assert (
+        "of 2 methods, 1 in wall time (best `lbfgs`, 0.67x) and 0 in gradient "
+        "equivalents beat" in readme
+    )
+    assert "`newton` does not get there on every seed." in readme
     # Exact power laws come back as exact slopes.
     assert "`newton_solve` | 3 | 3.00" in readme
     assert "`cg_product` | 1 | 1.00" in readme
