@@ -7,7 +7,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
 from so_opt._src import base
@@ -68,18 +67,12 @@ def _bfgs_update(updates, state, params, extra_args, kw, rtol):
     value_fn = base.extra_arg(extra_args, "value_fn", "bfgs")
     flat_updates, unravel = ravel_pytree(updates)
     h = state.inv_hessian
-    direction = otu.tree_where(
-        state.has_pairs,
-        unravel(-(h @ flat_updates.astype(h.dtype))),
-        lbfgs_lib.steepest_direction(updates),
-    )
-    res, direction, reset, trials = lbfgs_lib.search_with_fallback(
+    # Without pairs the search takes the bounded steepest step instead.
+    direction = unravel(-(h @ flat_updates.astype(h.dtype)))
+    res, new_updates, reset = lbfgs_lib.search_with_fallback(
         value_fn, params, direction, value, grad, state.has_pairs, kw
     )
 
-    new_updates = otu.tree_cast_like(
-        otu.tree_scale(res.learning_rate, direction), params
-    )
     s = ravel_pytree(new_updates)[0].astype(h.dtype)
     y = (ravel_pytree(res.grad)[0] - ravel_pytree(grad)[0]).astype(h.dtype)
     sy, yy = s @ y, y @ y
@@ -97,7 +90,7 @@ def _bfgs_update(updates, state, params, extra_args, kw, rtol):
         has_pairs=has_pairs | accept,
         learning_rate=res.learning_rate.astype(state.learning_rate.dtype),
         cache=wolfe_lib.make_cache(new_updates, res, state.cache),
-        costs=base.add_costs(state.costs, grad_evals=trials),
+        costs=base.add_costs(state.costs, grad_evals=res.num_trials),
         status=base.make_status(res.status),
     )
     return new_updates, new_state

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from so_opt._src import base
+from so_opt._src import base, tree_rows, wolfe_loop
 from so_opt._src import wolfe as wolfe_lib
 
 LINE_SEARCHES = ("strong_wolfe", "armijo")
@@ -56,14 +56,6 @@ def steepest_direction(grad: base.PyTree) -> base.PyTree:
     return otu.tree_scale(-jnp.minimum(1.0, 1.0 / norm).astype(norm.dtype), grad)
 
 
-def is_descent(grad: base.PyTree, direction: base.PyTree) -> jax.Array:
-    """Whether :math:`\\langle g, d \\rangle < -\\epsilon \\|g\\| \\|d\\|`, finite."""
-    slope = otu.tree_vdot(grad, direction)
-    eps = jnp.finfo(slope.dtype).eps
-    bound = -eps * otu.tree_norm(grad) * otu.tree_norm(direction)
-    return jnp.isfinite(slope) & (slope < bound)
-
-
 def curvature_ok(sy, s_norm, y_norm, rtol) -> jax.Array:
     """Whether a pair's :math:`s^\\top y` is safely positive relative to |s||y|."""
     return jnp.isfinite(sy) & (sy > rtol * s_norm * y_norm) & (s_norm > 0)
@@ -77,41 +69,49 @@ def default_curvature_rtol(dtype, curvature_rtol: float | None) -> float:
 def search_with_fallback(value_fn, params, direction, value, grad, has_memory, kw):
     """Line search along ``direction``, falling back to steepest descent.
 
-    The fallback is used when ``direction`` is not a descent direction, or
-    when the search along it fails while curvature memory was in use: a stale
-    memory is the likely cause, and steepest descent is the safe retry.
+    ``direction`` is replaced by :math:`-g \\min(1, 1/\\|g\\|)` without
+    curvature memory (``has_memory`` false) or when it is not a descent
+    direction, :math:`\\langle g, d \\rangle < -\\epsilon \\|g\\|
+    \\|d\\|` with both finite; and when the search along it fails while
+    curvature memory was in use (a stale memory is the likely cause), the
+    same search loop restarts along steepest descent.
 
-    Returns ``(result, direction used, reset flag, total trials)``.
+    Returns ``(result, updates, reset flag)``: the updates are the accepted
+    step :math:`\\eta d` in the dtypes of ``params``.
     """
-    steepest = steepest_direction(grad)
-    descent = is_descent(grad, direction)
-    direction = otu.tree_where(descent, direction, steepest)
-    search = lambda d: wolfe_lib.wolfe_line_search(
-        value_fn, params, d, value, grad, **kw
+    dtype = params_dtype(params)
+    # |g|^2, <g, d> and |d|^2 from one product of the stacked pair.
+    gram = tree_rows.gram(tree_rows.stack(grad, direction), dtype)
+    g_sq, slope, d_sq = gram[0, 0], gram[0, 1], gram[1, 1]
+    eps = jnp.finfo(dtype).eps
+    descent = (
+        has_memory
+        & jnp.isfinite(slope)
+        & jnp.isfinite(d_sq)
+        & (slope < -eps * jnp.sqrt(g_sq) * jnp.sqrt(d_sq))
     )
-
-    # At most two searches in one loop, so the search is compiled only once.
-    def again(carry):
-        attempt, _, res, _ = carry
-        failed = (res.learning_rate <= 0) & descent & has_memory
-        return (attempt == 0) | ((attempt == 1) & failed)
-
-    def body(carry):
-        attempt, d, _, trials = carry
-        res = search(d)
-        used = (attempt + 1, steepest, res, trials + res.num_trials)
-        return used, d
-
-    def step(carry):
-        return body(carry[0])
-
-    empty = jax.tree.map(jnp.zeros_like, jax.eval_shape(search, direction))
-    zero = jnp.zeros((), base.COUNTER_DTYPE)
-    init = ((zero, direction, empty, zero), direction)
-    (attempts, _, res, trials), used = jax.lax.while_loop(
-        lambda c: again(c[0]), step, init
+    scale = jnp.minimum(1.0, 1.0 / jnp.sqrt(g_sq)).astype(dtype)
+    direction = otu.tree_where(descent, direction, otu.tree_scale(-scale, grad))
+    out = wolfe_loop.search(
+        value_fn,
+        params,
+        direction,
+        value,
+        grad,
+        slope=jnp.where(descent, slope, -scale * g_sq),
+        restart=descent,
+        restart_scale=scale,
+        **kw,
     )
-    return res, used, ~descent | (attempts > 1), trials
+    # The same expression as the accepted trial, so the cached value matches.
+    t = out.result.learning_rate
+    updates = jax.tree.map(
+        lambda p, d, g: (t * (out.a * d + out.b * g)).astype(p.dtype),
+        params,
+        direction,
+        grad,
+    )
+    return out.result, updates, ~descent | out.restarted
 
 
 def two_loop(grad, s_memory, y_memory, rho, head, gamma):
@@ -155,42 +155,45 @@ def _lbfgs_update(updates, state, params, extra_args, kw, rtol):
     value = base.extra_arg(extra_args, "value", "lbfgs")
     grad = base.extra_arg(extra_args, "grad", "lbfgs")
     value_fn = base.extra_arg(extra_args, "value_fn", "lbfgs")
+    dtype = state.rho.dtype
     has_memory = jnp.any(state.rho > 0)
-    direction = two_loop(
-        updates, state.s_memory, state.y_memory, state.rho, state.head, state.gamma
+    hg = two_loop(
+        updates,
+        state.s_memory,
+        state.y_memory,
+        state.rho,
+        state.head,
+        state.gamma,
     )
-    direction = otu.tree_where(
-        has_memory, otu.tree_scale(-1.0, direction), steepest_direction(updates)
-    )
-    res, direction, reset, trials = search_with_fallback(
+    # Without memory the search takes the bounded steepest step instead.
+    direction = otu.tree_scale(-1.0, otu.tree_cast_like(hg, params))
+    res, new_updates, reset = search_with_fallback(
         value_fn, params, direction, value, grad, has_memory, kw
     )
 
     # The new pair: s = eta d, y = g_new - g; kept only with safe curvature.
-    new_updates = otu.tree_cast_like(
-        otu.tree_scale(res.learning_rate, direction), params
-    )
     y = otu.tree_sub(res.grad, grad)
-    sy = otu.tree_vdot(new_updates, y)
-    yy = otu.tree_vdot(y, y)
-    s_norm, y_norm = otu.tree_norm(new_updates), jnp.sqrt(yy)
-    accept = curvature_ok(sy, s_norm, y_norm, rtol) & (res.learning_rate > 0)
+    gram = tree_rows.gram(tree_rows.stack(new_updates, y), dtype)
+    ss, sy, yy = gram[0, 0], gram[0, 1], gram[1, 1]
+    accept = curvature_ok(sy, jnp.sqrt(ss), jnp.sqrt(yy), rtol)
+    accept = accept & (res.learning_rate > 0)
 
     rho = jnp.where(reset, jnp.zeros_like(state.rho), state.rho)
     head = jnp.where(reset, 0, state.head)
     m = rho.shape[0]
-    new_rho = rho.at[head].set(jnp.where(accept, 1.0 / sy, rho[head]).astype(rho.dtype))
+    s_memory = _write_slot(state.s_memory, new_updates, head, accept)
+    y_memory = _write_slot(state.y_memory, y, head, accept)
     new_gamma = jnp.where(accept, sy / yy, jnp.where(reset, 1.0, state.gamma))
     new_state = LBFGSState(
         count=state.count + 1,
-        s_memory=_write_slot(state.s_memory, new_updates, head, accept),
-        y_memory=_write_slot(state.y_memory, y, head, accept),
-        rho=new_rho,
+        s_memory=s_memory,
+        y_memory=y_memory,
+        rho=rho.at[head].set(jnp.where(accept, 1.0 / sy, rho[head]).astype(dtype)),
         head=jnp.where(accept, (head + 1) % m, head).astype(state.head.dtype),
         gamma=new_gamma.astype(state.gamma.dtype),
         learning_rate=res.learning_rate.astype(state.learning_rate.dtype),
         cache=wolfe_lib.make_cache(new_updates, res, state.cache),
-        costs=base.add_costs(state.costs, grad_evals=trials),
+        costs=base.add_costs(state.costs, grad_evals=res.num_trials),
         status=base.make_status(res.status),
     )
     return new_updates, new_state

@@ -22,46 +22,9 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from so_opt._src import base
-
-CONDITIONS = ("strong_wolfe", "armijo")
-
-# Phases of the search loop.
-_BRACKET, _ZOOM = 0, 1
-
-# Values closer than this many ulps of |f(x)| are taken as equal up to
-# roundoff (a loss summed over a data set shows 1-2 ulps of noise), and the
-# decrease is then judged from the slopes. Known shortcoming: the scale is
-# |f(x)|, so a loss near zero made of large cancelling terms is not covered.
-_ROUNDOFF_ULPS = 10
-
-
-class WolfeResult(NamedTuple):
-    """Outcome of :func:`wolfe_line_search`.
-
-    Attributes:
-      learning_rate: accepted step :math:`\\eta` (0 when the search failed).
-      value: loss at ``params + learning_rate * direction``.
-      grad: gradient there.
-      aux: auxiliary output of ``value_fn`` there (``None`` without
-        ``has_aux``; the ``aux`` of the start is not known, so a failed
-        search returns the aux of its last trial).
-      num_trials: value-and-gradient evaluations spent.
-      wolfe: whether the accepted step meets the requested condition in full
-        (both strong Wolfe inequalities, or Armijo's); when ``False`` but the
-        step is positive, it meets sufficient decrease only.
-      status: ``StatusCode.RUNNING`` when a step was accepted,
-        ``LINE_SEARCH_FAILED`` when none decreased the loss (also when the
-        direction is not a descent direction).
-    """
-
-    learning_rate: jax.Array
-    value: jax.Array
-    grad: base.PyTree
-    aux: Any
-    num_trials: jax.Array
-    wolfe: jax.Array
-    status: jax.Array
+from so_opt._src import base, wolfe_loop
+from so_opt._src.wolfe_loop import CONDITIONS as CONDITIONS
+from so_opt._src.wolfe_loop import WolfeResult as WolfeResult
 
 
 class ValueGradCache(NamedTuple):
@@ -117,134 +80,6 @@ def check_line_search_args(
         raise ValueError(
             f"`condition` must be one of {list(CONDITIONS)}, got {condition!r}."
         )
-
-
-def _interpolate(lo, f_lo, d_lo, hi, f_hi, d_hi):
-    """Safeguarded cubic (then quadratic, then bisection) minimizer in [lo, hi]."""
-    width = hi - lo
-    # Cubic through (lo, f_lo, d_lo) and (hi, f_hi, d_hi).
-    d1 = d_lo + d_hi - 3.0 * (f_lo - f_hi) / (lo - hi)
-    # A negative radicand means the cubic has no minimizer: NaN falls through.
-    d2 = jnp.sign(width) * jnp.sqrt(d1 * d1 - d_lo * d_hi)
-    cubic = hi - width * (d_hi + d2 - d1) / (d_hi - d_lo + 2.0 * d2)
-    # Quadratic through f_lo, d_lo and f_hi (no slope at hi needed).
-    curv = f_hi - f_lo - d_lo * width
-    quad = jnp.where(curv > 0, lo - 0.5 * d_lo * width * width / curv, jnp.nan)
-
-    # Keep trials away from the ends so the interval shrinks geometrically.
-    a, b = jnp.minimum(lo, hi), jnp.maximum(lo, hi)
-    margin = 0.1 * (b - a)
-
-    def inside(t):
-        return jnp.isfinite(t) & (t >= a + margin) & (t <= b - margin)
-
-    middle = lo + 0.5 * width
-    return jnp.where(inside(cubic), cubic, jnp.where(inside(quad), quad, middle))
-
-
-def _secant_lower(f, f_ref, dt, slope, d_ref, noise, bound):
-    r"""Whether values within ``noise`` of each other still show a change <= bound.
-
-    The change :math:`\phi(t) - \phi(t_r)` is estimated by the secant rule
-    :math:`(t - t_r)(\phi'(t) + \phi'(t_r)) / 2`, exact for a quadratic, and
-    used only where the two values differ by no more than their roundoff.
-    """
-    within = jnp.abs(f - f_ref) <= noise
-    return within & (0.5 * dt * (slope + d_ref) <= bound) & jnp.isfinite(slope)
-
-
-class _Search(NamedTuple):
-    """Loop carry of the line search."""
-
-    trials: jax.Array
-    phase: jax.Array
-    done: jax.Array
-    t_next: jax.Array
-    t_prev: jax.Array
-    f_prev: jax.Array
-    lo: jax.Array
-    f_lo: jax.Array
-    d_lo: jax.Array
-    hi: jax.Array
-    f_hi: jax.Array
-    d_hi: jax.Array
-    t_best: jax.Array
-    f_best: jax.Array
-    g_best: base.PyTree
-    aux: Any
-
-
-def _search_step(carry: _Search, *, evaluate, f0, d0, c1, c2, curvature, grow, t_max):
-    """One trial of the bracketing (Alg. 3.5) or zoom (Alg. 3.6) phase."""
-    zoom = carry.phase == _ZOOM
-    interp = _interpolate(
-        carry.lo, carry.f_lo, carry.d_lo, carry.hi, carry.f_hi, carry.d_hi
-    )
-    t = jnp.where(zoom, interp, carry.t_next)
-    f, g, slope, aux = evaluate(t)
-
-    # A non-finite trial fails the decrease test, so the search moves away.
-    # Within roundoff of f(x) the values cannot show the decrease; there the
-    # secant estimate of the change, exact for a quadratic, is used as well.
-    noise = _ROUNDOFF_ULPS * jnp.finfo(f0.dtype).eps * jnp.abs(f0)
-    secant_drop = _secant_lower(f, f0, t, slope, d0, noise, c1 * t * d0)
-    decrease = jnp.isfinite(f) & ((f <= f0 + c1 * t * d0) | secant_drop)
-    flat = jnp.abs(slope) <= -c2 * d0 if curvature else jnp.asarray(True)
-    f_ref = jnp.where(zoom, carry.f_lo, carry.f_prev)
-    t_ref = jnp.where(zoom, carry.lo, carry.t_prev)
-    # In both phases d_lo holds the slope at the reference point.
-    lower = _secant_lower(f, f_ref, t - t_ref, slope, carry.d_lo, noise, 0.0)
-    first = (carry.trials == 0) & ~zoom
-    too_high = ~decrease | ((f >= f_ref) & ~lower & ~first)
-    accept = ~too_high & flat
-    improves = (decrease & (f < carry.f_best)) | accept
-
-    # Bracketing: a too-high trial or a rising slope closes the bracket.
-    rising = ~too_high & ~flat & (slope >= 0)
-    new_lo = jnp.where(zoom, carry.lo, jnp.where(rising, t, carry.t_prev))
-    new_f_lo = jnp.where(zoom, carry.f_lo, jnp.where(rising, f, carry.f_prev))
-    new_d_lo = jnp.where(zoom, carry.d_lo, jnp.where(rising, slope, carry.d_lo))
-    new_hi = jnp.where(zoom, carry.hi, jnp.where(rising, carry.t_prev, t))
-    new_f_hi = jnp.where(zoom, carry.f_hi, jnp.where(rising, carry.f_prev, f))
-    new_d_hi = jnp.where(zoom, carry.d_hi, jnp.where(rising, carry.d_lo, slope))
-    # In the bracketing phase d_lo holds the slope at t_prev.
-    bracket_d_lo = jnp.where(~zoom & ~too_high & ~rising, slope, new_d_lo)
-
-    # Zoom: shrink [lo, hi] around the trial.
-    move_hi = zoom & too_high
-    swap = zoom & ~too_high & ~flat & (slope * (carry.hi - carry.lo) >= 0)
-    move_lo = zoom & ~too_high & ~flat
-    new_hi = jnp.where(move_hi, t, jnp.where(swap, carry.lo, new_hi))
-    new_f_hi = jnp.where(move_hi, f, jnp.where(swap, carry.f_lo, new_f_hi))
-    new_d_hi = jnp.where(move_hi, slope, jnp.where(swap, carry.d_lo, new_d_hi))
-    new_lo = jnp.where(move_lo, t, new_lo)
-    new_f_lo = jnp.where(move_lo, f, new_f_lo)
-    new_d_lo = jnp.where(move_lo, slope, bracket_d_lo)
-
-    to_zoom = zoom | too_high | rising
-    eps = jnp.finfo(t.dtype).eps
-    tiny = jnp.abs(new_hi - new_lo) <= eps * jnp.maximum(new_lo, new_hi)
-    capped = ~to_zoom & (t >= t_max)
-    new = _Search(
-        trials=carry.trials + 1,
-        phase=jnp.where(to_zoom, _ZOOM, _BRACKET),
-        done=accept | (to_zoom & tiny) | capped,
-        t_next=jnp.minimum(t * grow, t_max),
-        t_prev=t,
-        f_prev=f,
-        lo=new_lo,
-        f_lo=new_f_lo,
-        d_lo=new_d_lo,
-        hi=new_hi,
-        f_hi=new_f_hi,
-        d_hi=new_d_hi,
-        t_best=jnp.where(improves, t, carry.t_best),
-        f_best=jnp.where(improves, f, carry.f_best),
-        g_best=otu.tree_where(improves, g, carry.g_best),
-        aux=aux,
-    )
-    # Integer and Python-scalar promotion must not change the carry's dtypes.
-    return otu.tree_cast_like(new, carry), accept
 
 
 def wolfe_line_search(
@@ -324,73 +159,21 @@ def wolfe_line_search(
       methods*, SIAM Review, 1969.
     """
     check_line_search_args(c1, c2, max_trials, increase_factor, condition)
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
-    f0 = jnp.asarray(value).astype(dtype)
-    d0 = otu.tree_vdot(grad, direction).astype(dtype)
-    t_max = jnp.asarray(jnp.inf if max_learning_rate is None else max_learning_rate)
-    t_max = t_max.astype(dtype)
-    vg = jax.value_and_grad(value_fn, has_aux=has_aux)
-
-    def evaluate(t):
-        trial = jax.tree.map(
-            lambda p, d: (p + t * d).astype(p.dtype), params, direction
-        )
-        out, g = vg(trial)
-        f, aux = out if has_aux else (out, None)
-        g = otu.tree_cast_like(g, grad)
-        return f.astype(dtype), g, otu.tree_vdot(g, direction).astype(dtype), aux
-
-    # The aux of the start point is unknown: take its shape from a trace.
-    aux0 = None
-    if has_aux:
-        aux_shape = jax.eval_shape(lambda: vg(params)[0][1])
-        aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
-
-    zero = jnp.zeros((), dtype)
-    descent = jnp.isfinite(d0) & (d0 < 0) & jnp.isfinite(f0)
-    init = _Search(
-        trials=jnp.zeros((), base.COUNTER_DTYPE),
-        phase=jnp.asarray(_BRACKET, base.COUNTER_DTYPE),
-        done=~descent,
-        t_next=jnp.minimum(jnp.asarray(learning_rate, dtype), t_max),
-        t_prev=zero,
-        f_prev=f0,
-        lo=zero,
-        f_lo=f0,
-        d_lo=d0,
-        hi=zero,
-        f_hi=f0,
-        d_hi=d0,
-        t_best=zero,
-        f_best=f0,
-        g_best=grad,
-        aux=aux0,
-    )
-    step = lambda c: _search_step(
-        c[0],
-        evaluate=evaluate,
-        f0=f0,
-        d0=d0,
+    return wolfe_loop.search(
+        value_fn,
+        params,
+        direction,
+        value,
+        grad,
+        learning_rate=learning_rate,
         c1=c1,
         c2=c2,
-        curvature=condition == "strong_wolfe",
-        grow=increase_factor,
-        t_max=t_max,
-    )
-    cond = lambda c: ~c[0].done & (c[0].trials < max_trials)
-    final, accepted = jax.lax.while_loop(cond, step, (init, jnp.asarray(False)))
-
-    found = final.t_best > 0
-    code = jnp.where(found, base.StatusCode.RUNNING, base.StatusCode.LINE_SEARCH_FAILED)
-    return WolfeResult(
-        learning_rate=final.t_best,
-        value=final.f_best,
-        grad=final.g_best,
-        aux=final.aux,
-        num_trials=final.trials,
-        wolfe=accepted & found,
-        status=jnp.asarray(code, base.COUNTER_DTYPE),
-    )
+        max_trials=max_trials,
+        increase_factor=increase_factor,
+        max_learning_rate=max_learning_rate,
+        condition=condition,
+        has_aux=has_aux,
+    ).result
 
 
 def scale_by_wolfe(
