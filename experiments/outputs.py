@@ -71,6 +71,17 @@ def save_results(directory: str, study: str, config: dict, **parts: Any) -> dict
     return results
 
 
+def device_line(results: dict[str, Any]) -> str:
+    """Where a study ran: device, backend, jax version and commit, for reports."""
+    env = results["environment"]
+    commit = (env["git"]["commit"] or "unknown")[:10]
+    dirty = " with uncommitted changes" if env["git"].get("dirty") else ""
+    return (
+        f"Ran on {env['device_kind']} ({env['backend']}, {len(env['devices'])} "
+        f"device(s)), jax {env['versions']['jax']}, commit {commit}{dirty}"
+    )
+
+
 def format_cell(value: Any) -> str:
     """Numbers to 4 significant digits, ``None`` as a dash, the rest as text."""
     if value is None:

@@ -478,7 +478,7 @@ def report(directory: str, results: dict[str, Any]) -> str:
         f"{config['cg_steps']} CG steps; solve by {config['solver']}; slopes "
         f"fitted on k >= {config['fit_min_k']}. Threads: "
         + ", ".join(f"{k}={v}" for k, v in results["threads"].items())
-        + f". Memory: {MEMORY_SOURCE}.",
+        + f". Memory: {MEMORY_SOURCE}. {outputs.device_line(results)}.",
         "",
         "Newton's step costs more than a Hessian-free step from k = "
         + (

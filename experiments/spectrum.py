@@ -214,7 +214,7 @@ def report(directory: str, results: dict[str, Any]) -> str:
         "interlacing: the j-th smallest Ritz value is at least the j-th smallest "
         "eigenvalue). The trace is Hutchinson's estimate with "
         f"{config['trace_samples']} Rademacher probes. {config['dtype']}, "
-        f"seed {config['seed']}.",
+        f"seed {config['seed']}. {outputs.device_line(results)}.",
     ]
     text = outputs.write_summary(directory, header, _COLUMNS, points)
     plot(results, directory)

@@ -81,6 +81,9 @@ def test_quick_preset_writes_finite_measurements(quick):
     config = results["config"]
     assert config["quick"] and results["seed"] == 0
     assert results["environment"]["versions"]["jax"]
+    with open(os.path.join(directory, "summary.md")) as handle:
+        # The report says where it ran (issue 7: other hardware).
+        assert f"Ran on {results['environment']['device_kind']}" in handle.read()
     records = results["records"]
     ks = [75 * h + 10 for h in scaling.QUICK["hidden"]]
     dense_ks = [k for k in ks if k <= scaling.QUICK["newton_max_k"]]

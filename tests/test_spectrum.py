@@ -71,6 +71,9 @@ def test_quick_preset_writes_finite_figures(quick):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     assert results["config"]["quick"] and results["seed"] == 0
     assert results["environment"]["versions"]["jax"]
+    with open(os.path.join(directory, "summary.md")) as handle:
+        # The report says where it ran (issue 7: other hardware).
+        assert f"Ran on {results['environment']['device_kind']}" in handle.read()
     points = results["checkpoints"]
     every, steps = spectrum.QUICK["every"], spectrum.QUICK["steps"]
     assert [c["step"] for c in points] == list(range(0, steps + 1, every))
