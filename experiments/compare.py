@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from experiments import config as configs
@@ -519,6 +520,17 @@ def study(
         "tuning": tuning,
         "runs": runs,
     }
+    # The loss at the initial params, the reference of the automatic targets
+    # (a mini-batch history starts `eval_every` steps in).
+    loss = jax.jit(problem.loss)
+    results["initial_train_loss"] = float(
+        np.median(
+            [
+                float(loss(problem.init_params(s), problem.train))
+                for s in config["seeds"]
+            ]
+        )
+    )
     # Recorded so that every reader (the README's Findings) uses the same ones.
     results["targets"] = {r: report.targets_for(results, r) for r in config["regimes"]}
     runner.save_json_atomic(os.path.join(directory, "results.json"), results)

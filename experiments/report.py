@@ -70,9 +70,8 @@ def targets_for(results: dict[str, Any], regime: str) -> list[float]:
     """The target train losses of ``regime``, loosest first.
 
     Those recorded in the results, else those given in the config, else the
-    initial train loss cut by 10, 100 and 1000. The initial loss is the median
-    over the regime's runs of the first recorded train loss (the same for
-    every method given a seed).
+    initial train loss (``initial_train_loss``: at the initial params, median
+    over seeds) cut by 10, 100 and 1000.
     """
     recorded = results.get("targets") or {}
     if recorded.get(regime):
@@ -80,16 +79,19 @@ def targets_for(results: dict[str, Any], regime: str) -> list[float]:
     given = results["config"].get("targets")
     if given:
         return list(given)
-    first = _finite(
-        [
-            r["history"]["train_loss"][0]
-            for r in results["runs"]
-            if r["regime"] == regime and "skipped" not in r and r["history"]["step"]
-        ]
-    )
-    if not first:
-        return []
-    start = statistics.median(first)
+    start = results.get("initial_train_loss")
+    if start is None:
+        # Older results: the first recorded train loss of each run.
+        first = _finite(
+            [
+                r["history"]["train_loss"][0]
+                for r in results["runs"]
+                if r["regime"] == regime and "skipped" not in r and r["history"]["step"]
+            ]
+        )
+        if not first:
+            return []
+        start = statistics.median(first)
     return [float(f"{start * f:.3g}") for f in _TARGET_FRACTIONS]
 
 

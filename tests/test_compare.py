@@ -52,6 +52,13 @@ def test_quick_study_writes_every_file(study):
     assert env["versions"]["jax"] and env["devices"] and "commit" in env["git"]
     assert results["config"]["seeds"] == [0] and results["mesh"] is None
     assert results["cost_ratios"]["value_per_grad"] > 0
+    # Automatic targets: the loss at the initial params / 10, / 100, / 1000.
+    problem = problems.get("digits_mlp")
+    start = float(problem.loss(problem.init_params(0), problem.train))
+    assert results["initial_train_loss"] == pytest.approx(start, rel=1e-6)
+    for regime in ("full", "minibatch"):
+        expected = [float(f"{start * f:.3g}") for f in (0.1, 0.01, 0.001)]
+        assert results["targets"][regime] == expected
 
 
 def test_quick_study_losses_fall_and_counters_add_up(study):
@@ -274,6 +281,8 @@ def test_report_means_spreads_and_ranks_against_numpy():
     assert "ranked_work_1_rank" not in a and "ranked_work_1_rank" not in b
     automatic = dict(results, config={"regimes": ["full"], "targets": None})
     assert report.targets_for(automatic, "full") == [0.1, 0.01, 0.001]
+    automatic["initial_train_loss"] = 2.0
+    assert report.targets_for(automatic, "full") == [0.2, 0.02, 0.002]
     ties = [{"x": 0.5}, {"x": 0.2}, {"x": 0.5}, {}]
     report._rank(ties, "x")
     assert [t.get("x_rank") for t in ties] == [2, 1, 2, None]
