@@ -17,8 +17,11 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 RESULTS="${RESULTS:-results}"
 RUN="${RUN:-$(date -u +%Y%m%dT%H%M%SZ)}"
 
+FAILED=()
+
 step() {
   # step NAME COMMAND...: runs a study unless its results are already there.
+  # A study that fails is reported at the end; the others still run.
   local name="$1"
   shift
   if [[ -f "$RESULTS/$name-$RUN/results.json" ]]; then
@@ -27,16 +30,26 @@ step() {
   fi
   echo "== $name: started $(date -u +%H:%M:%S)"
   local start=$SECONDS
-  "$@" --out "$RESULTS" --run-id "$name-$RUN"
-  echo "== $name: finished in $((SECONDS - start)) s"
+  if "$@" --out "$RESULTS" --run-id "$name-$RUN"; then
+    echo "== $name: finished in $((SECONDS - start)) s"
+  else
+    echo "== $name: FAILED after $((SECONDS - start)) s"
+    FAILED+=("$name")
+  fi
 }
 
-step compare "$PYTHON" -m experiments.compare --config experiments/configs/full.toml
+# The two short studies first (about 12 minutes together), so that a long
+# compare that is stopped early still leaves them finished.
 # Linear algebra is timed single-threaded (the study sets this itself when
 # unset; set here so that the log shows it).
 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
   step scaling "$PYTHON" -m experiments.scaling
 step spectrum "$PYTHON" -m experiments.spectrum
+step compare "$PYTHON" -m experiments.compare --config experiments/configs/full.toml
 "$PYTHON" scripts/findings.py --results "$RESULTS"
 echo "== done: README.md (Findings) and docs/findings/ rebuilt from run $RUN"
+if ((${#FAILED[@]})); then
+  echo "== failed: ${FAILED[*]}" >&2
+  exit 1
+fi
