@@ -162,6 +162,40 @@ def test_non_descent_memory_falls_back_to_steepest_descent_and_resets():
     assert np.isfinite(float(new_state.gamma))
 
 
+def test_failed_search_with_memory_restarts_along_steepest_descent():
+    # One stored pair s = e0, y = (1, 3, 0) gives at x = 0 the descent
+    # direction -H g = (3.2, -0.4, 0.2) (worked by hand with H0 = s'y/y'y I);
+    # every step along it enters the NaN region x1 < 0, the steepest one not.
+    def f(x):
+        return jnp.where(x[1] < 0.0, jnp.nan, jnp.sum((x - 1.0) ** 2))
+
+    x = jnp.zeros(3)
+    s, y = jnp.array([1.0, 0.0, 0.0]), jnp.array([1.0, 3.0, 0.0])
+    opt = so_opt.lbfgs(memory_size=1, max_trials=10)
+    state = opt.init(x)._replace(
+        s_memory=s[None],
+        y_memory=y[None],
+        rho=jnp.array([1.0]),
+        gamma=jnp.asarray(0.1),
+        head=jnp.asarray(0, jnp.int32),
+    )
+    value, grad = jax.value_and_grad(f)(x)
+    hg = lbfgs_lib.two_loop(grad, state.s_memory, state.y_memory, state.rho, 0, 0.1)
+    np.testing.assert_allclose(-hg, [3.2, -0.4, 0.2], rtol=1e-12)
+    update = jax.jit(
+        lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, value_fn=f)
+    )
+    updates, new_state = update(grad, state, x, value)
+    cos = jnp.vdot(updates, -grad) / (jnp.linalg.norm(updates) * jnp.linalg.norm(grad))
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-12)
+    assert float(f(x + updates)) < float(value)
+    assert int(new_state.status.code) == StatusCode.RUNNING
+    # Both attempts are paid for: all 10 trials of the first, then the restart.
+    assert int(new_state.costs.grad_evals) > 10
+    # The memory was cleared and holds the new pair only.
+    np.testing.assert_allclose(new_state.s_memory[0], updates, rtol=1e-12)
+
+
 def test_nan_region_never_produces_non_finite_params():
     # NaN outside the ball of radius 2, minimum at (1.5, 0) just inside.
     def f(x):
