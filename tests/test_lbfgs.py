@@ -135,6 +135,19 @@ def f_grad(a, b, new_x, x):
     return a @ (np.asarray(new_x) - np.asarray(x))
 
 
+def _steepest_update(opt, f, state, x):
+    """One jitted update from ``x``; asserts it went along -g and decreased f."""
+    value, grad = jax.value_and_grad(f)(x)
+    update = jax.jit(
+        lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, value_fn=f)
+    )
+    updates, new_state = update(grad, state, x, value)
+    cos = jnp.vdot(updates, -grad) / (jnp.linalg.norm(updates) * jnp.linalg.norm(grad))
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-12)
+    assert float(f(x + updates)) < float(value)
+    return updates, new_state
+
+
 def test_non_descent_memory_falls_back_to_steepest_descent_and_resets():
     f = lambda x: jnp.sum((x - 1.0) ** 2)
     x = jnp.zeros(3)
@@ -147,15 +160,7 @@ def test_non_descent_memory_falls_back_to_steepest_descent_and_resets():
         rho=jnp.array([0.0, 1.0 / 3.0]),
         gamma=jnp.asarray(jnp.nan),
     )
-    value, grad = jax.value_and_grad(f)(x)
-    update = jax.jit(
-        lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, value_fn=f)
-    )
-    updates, new_state = update(grad, state, x, value)
-    # The step went along -g and decreased the loss.
-    cos = jnp.vdot(updates, -grad) / (jnp.linalg.norm(updates) * jnp.linalg.norm(grad))
-    np.testing.assert_allclose(cos, 1.0, rtol=1e-12)
-    assert float(f(x + updates)) < float(value)
+    _, new_state = _steepest_update(opt, f, state, x)
     # The memory was cleared: only the new pair is kept, in slot 0.
     assert float(new_state.rho[0]) > 0 and float(new_state.rho[1]) == 0.0
     assert int(new_state.head) == 1
@@ -179,16 +184,10 @@ def test_failed_search_with_memory_restarts_along_steepest_descent():
         gamma=jnp.asarray(0.1),
         head=jnp.asarray(0, jnp.int32),
     )
-    value, grad = jax.value_and_grad(f)(x)
+    grad = jax.grad(f)(x)
     hg = lbfgs_lib.two_loop(grad, state.s_memory, state.y_memory, state.rho, 0, 0.1)
     np.testing.assert_allclose(-hg, [3.2, -0.4, 0.2], rtol=1e-12)
-    update = jax.jit(
-        lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, value_fn=f)
-    )
-    updates, new_state = update(grad, state, x, value)
-    cos = jnp.vdot(updates, -grad) / (jnp.linalg.norm(updates) * jnp.linalg.norm(grad))
-    np.testing.assert_allclose(cos, 1.0, rtol=1e-12)
-    assert float(f(x + updates)) < float(value)
+    updates, new_state = _steepest_update(opt, f, state, x)
     assert int(new_state.status.code) == StatusCode.RUNNING
     # Both attempts are paid for: all 10 trials of the first, then the restart.
     assert int(new_state.costs.grad_evals) > 10
