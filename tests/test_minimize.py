@@ -92,6 +92,17 @@ def test_non_finite_step_is_rejected_and_reported():
     assert np.isfinite(float(res.value))
 
 
+def test_step_to_infinite_params_is_rejected_even_with_finite_value_and_grad():
+    # tanh(-inf) = -1 and its gradient 1 - tanh^2 = 0 are finite: only the
+    # params show that the infinite step left the finite region.
+    f = lambda x: jnp.sum(jnp.tanh(x))
+    res = so_opt.minimize(f, jnp.zeros(2), optax.sgd(float("inf")), max_steps=5)
+    assert int(res.status) == StatusCode.NON_FINITE
+    assert int(res.num_steps) == 0
+    np.testing.assert_allclose(res.params, [0.0, 0.0])
+    np.testing.assert_allclose(res.grad_norm, np.sqrt(2.0))
+
+
 def test_line_search_failure_stops_with_its_status():
     # f(x) = -sum(x), but stop_gradient makes the gradient +1: every trial
     # along -g raises the loss, so no step can be accepted.

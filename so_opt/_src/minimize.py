@@ -60,9 +60,21 @@ class _Carry(NamedTuple):
     history: jax.Array | None
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+def _norm_if_finite(grad, params) -> jax.Array:
+    """:math:`\\|g\\|`, or NaN when ``params`` hold a non-finite entry.
+
+    One reduction serves both: :math:`0 \\cdot x` is zero for a finite
+    :math:`x` (so the sum of squares is unchanged) and NaN otherwise.
+    """
+    parts = [
+        jnp.sum(g * g + 0 * x.astype(g.dtype))
+        for g, x in zip(
+            jax.tree_util.tree_leaves(grad),
+            jax.tree_util.tree_leaves(params),
+            strict=True,
+        )
+    ]
+    return jnp.sqrt(sum(parts[1:], parts[0]))
 
 
 def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
@@ -81,12 +93,12 @@ def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
     )
     grad = otu.tree_cast_like(grad, carry.grad)
     value = jnp.asarray(value).astype(carry.value.dtype)
-    grad_norm = otu.tree_norm(grad)
+    grad_norm = _norm_if_finite(grad, params)
 
     # Reject a step that leaves the finite region; stop on optimizer failure.
     opt_code = base.status(state)
     failed = opt_code >= _FIRST_FAILURE
-    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _all_finite(params)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     take = finite & ~failed
     step = carry.step + take.astype(carry.step.dtype)
     code = jnp.select(

@@ -321,7 +321,8 @@ def value_and_grad_from_state(
     ``updates`` :math:`u` returned with ``state``. When the state holds a
     :class:`ValueGradCache` whose updates equal :math:`u` exactly (the line
     search's step went through unchanged), its value and gradient are
-    returned; otherwise ``jax.value_and_grad(value_fn)(params)`` runs (inside
+    returned (when :math:`u` is the cached array itself, as traced, without
+    any runtime test); otherwise ``jax.value_and_grad(value_fn)(params)`` runs (inside
     ``lax.cond``, so only one branch costs anything).
 
     Args:
@@ -364,6 +365,11 @@ def value_and_grad_from_state(
         value, grad = compute()
         return value, grad, jnp.asarray(False)
     cache = caches[0]
+    cached, given = (jax.tree_util.tree_leaves(t) for t in (cache.updates, updates))
+    if all(a is b for a, b in zip(cached, given, strict=True)):
+        # The transform returned its cached step as traced: the match is known
+        # while tracing, and no comparison or branch is compiled.
+        return cache.value, otu.tree_cast_like(cache.grad, params), jnp.asarray(True)
     same = [
         jnp.all(jnp.asarray(a) == jnp.asarray(b))
         for a, b in zip(
