@@ -8,8 +8,9 @@ loss, and reports the failure only through a ``verbose`` print; its
 that ``value_fn`` does not accept, so it cannot sit in an update that also
 carries ``model_fn`` or ``output_loss_fn``; and by default it accepts the
 approximate (Hager-Zhang) decrease test, so an accepted step need not satisfy
-the Armijo inequality. The algorithm below is the textbook one (Nocedal and
-Wright, Algorithms 3.5 and 3.6) in a single ``lax.while_loop``.
+the Armijo inequality. The algorithm is the textbook one (Nocedal and
+Wright, Algorithms 3.5 and 3.6) in a single ``lax.while_loop``, in
+``wolfe_loop.py``.
 """
 
 from __future__ import annotations
