@@ -33,8 +33,12 @@ class ArmijoState(NamedTuple):
         next search starts from it under the ``"keep"`` and ``"grow"`` rules.
       num_trials: value evaluations spent by the last update.
       direction_reset: whether the last direction was not a descent direction,
-        so the negative gradient was searched instead.
-      used_fallback: whether the last step is the checked fallback step.
+        so the negative gradient was searched instead; None with
+        ``trust_direction``, where no direction is ever replaced.
+      used_fallback: whether the last step is the checked fallback step; None
+        when no ``fallback_learning_rate`` is set. (A flag that cannot change
+        is left out of the state: on a tiny problem each state leaf costs
+        about a microsecond of dispatch per jitted step.)
       costs: cumulative work counters.
       status: ``LINE_SEARCH_FAILED`` when the last update is zero because no
         step passed; ``NON_FINITE`` when ``value``, ``grad`` or the direction
@@ -66,10 +70,20 @@ def loss_only(value_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]
 def _search(fn, params, direction, value, slope, initial, cap, active, config):
     """Backtracks (Armijo) or brackets (Goldstein) along ``direction``.
 
-    Returns the accepted learning rate (0 if none), the trials used and a flag.
+    Returns the accepted learning rate (0 if none), the trials used and the
+    status code: ``RUNNING`` for a step, ``LINE_SEARCH_FAILED`` when no trial
+    passed, ``NON_FINITE`` when the search was not ``active``.
     """
     c1, shrink, max_trials, goldstein = config
     dtype = value.dtype
+    ok, failed, non_finite = (
+        jnp.asarray(int(code), base.COUNTER_DTYPE)
+        for code in (
+            base.StatusCode.RUNNING,
+            base.StatusCode.LINE_SEARCH_FAILED,
+            base.StatusCode.NON_FINITE,
+        )
+    )
 
     def armijo_test(rate):
         trial_value = jnp.asarray(fn(otu.tree_add_scale(params, rate, direction)))
@@ -77,10 +91,6 @@ def _search(fn, params, direction, value, slope, initial, cap, active, config):
         # A non-finite trial fails like any other: it never becomes a step.
         passed = trial_value <= value + c1 * rate * slope
         return jnp.isfinite(trial_value) & passed, trial_value
-
-    def cond(carry):
-        trials, accepted = carry[1], carry[2]
-        return active & ~accepted & (trials < max_trials)
 
     def backtrack(carry):
         rate, trials, _ = carry
@@ -106,18 +116,30 @@ def _search(fn, params, direction, value, slope, initial, cap, active, config):
 
     zero = jnp.zeros((), dtype)
     no_trials = jnp.zeros((), base.COUNTER_DTYPE)
-    init = (jnp.asarray(initial, dtype), no_trials, jnp.asarray(False))
     if goldstein:
-        init = (*init, zero, jnp.asarray(jnp.inf, dtype))
-        rate, trials, accepted, low, _ = jax.lax.while_loop(cond, bracket, init)
+        start, no_bound = jnp.asarray(initial, dtype), jnp.asarray(jnp.inf, dtype)
+        init = (start, no_trials, jnp.asarray(False), zero, no_bound)
+        rate, trials, accepted, low, _ = jax.lax.while_loop(
+            lambda carry: active & ~carry[2] & (carry[1] < max_trials), bracket, init
+        )
         # At the trial cap Goldstein falls back on the longest step that
         # passed the sufficient-decrease half of its test.
         rate = jnp.where(accepted, rate, low)
-    else:
-        rate, trials, accepted = jax.lax.while_loop(cond, backtrack, init)
-        rate = jnp.where(accepted, rate, zero)
-    accepted = active & (rate > 0)
-    return jnp.where(accepted, rate, zero), trials, accepted
+        accepted = active & (rate > 0)
+        code = jnp.where(accepted, ok, jnp.where(active, failed, non_finite))
+        return jnp.where(accepted, rate, zero), trials, code
+
+    # An inactive search starts at rate 0 and never runs: the finiteness test
+    # then fuses into the kernel of the first trial instead of a kernel (and a
+    # loop-carried flag) of its own, and the trial count tells the status.
+    init = (jnp.where(active, jnp.asarray(initial, dtype), zero), no_trials)
+    rate, trials, accepted = jax.lax.while_loop(
+        lambda carry: (carry[0] > 0) & ~carry[2] & (carry[1] < max_trials),
+        backtrack,
+        (*init, jnp.asarray(False)),
+    )
+    code = jnp.where(accepted, ok, jnp.where(trials > 0, failed, non_finite))
+    return jnp.where(accepted, rate, zero), trials, code
 
 
 def _direction(updates, grad, dtype, trust_direction):
@@ -281,8 +303,10 @@ def scale_by_armijo(
         return ArmijoState(
             learning_rate=jnp.asarray(learning_rate, dtype),
             num_trials=jnp.zeros((), base.COUNTER_DTYPE),
-            direction_reset=jnp.asarray(False),
-            used_fallback=jnp.asarray(False),
+            direction_reset=None if trust_direction else jnp.asarray(False),
+            used_fallback=(
+                None if fallback_learning_rate is None else jnp.asarray(False)
+            ),
             costs=base.zero_costs(),
             status=base.ok_status(),
         )
@@ -306,11 +330,12 @@ def scale_by_armijo(
         cap = jnp.asarray(max_learning_rate, dtype)
         initial = _initial_rate(state.learning_rate, learning_rate, cap, reset, growth)
         config = (c1, shrink, max_backtracks + 1, goldstein)
-        rate, trials, accepted = _search(
+        rate, trials, code = _search(
             fn, params, direction, value, slope, initial, cap, finite, config
         )
+        accepted = code == base.StatusCode.RUNNING
 
-        used_fallback = jnp.asarray(False)
+        used_fallback = None
         if fallback_learning_rate is not None:
             # The fallback is a real trial: finite and no increase, or nothing.
             tiny = jnp.asarray(fallback_learning_rate, dtype)
@@ -320,26 +345,25 @@ def scale_by_armijo(
                 trial = jnp.asarray(trial, dtype)
                 return jnp.isfinite(trial) & (trial <= value)
 
-            need = finite & ~accepted
+            need = code == base.StatusCode.LINE_SEARCH_FAILED
             used_fallback = jax.lax.cond(need, try_fallback, lambda: jnp.asarray(False))
             trials = trials + need.astype(base.COUNTER_DTYPE)
             rate = jnp.where(used_fallback, tiny, rate)
+            code = jnp.where(used_fallback, base.StatusCode.RUNNING, code)
             accepted = accepted | used_fallback
 
-        code = jnp.where(
-            finite,
-            jnp.where(
-                accepted, base.StatusCode.RUNNING, base.StatusCode.LINE_SEARCH_FAILED
-            ),
-            base.StatusCode.NON_FINITE,
-        )
         spent = trials + (1 if independent_batch else 0)
+        # Only value evaluations are spent here (the gradient comes with the
+        # call), so the other two counters stay zero by construction. Writing
+        # them as constants keeps the old ones from being live inputs of the
+        # compiled step: on a tiny problem each costs about a microsecond.
+        no_work = jnp.zeros((), base.COUNTER_DTYPE)
         new_state = ArmijoState(
             learning_rate=rate.astype(dtype),
             num_trials=spent.astype(base.COUNTER_DTYPE),
-            direction_reset=~descent,
+            direction_reset=None if trust_direction else ~descent,
             used_fallback=used_fallback,
-            costs=base.add_costs(state.costs, value_evals=spent),
+            costs=base.Costs(state.costs.value_evals + spent, no_work, no_work),
             status=base.make_status(code),
         )
         # jnp.where, not a product: 0 * nan would leak a non-finite update.
