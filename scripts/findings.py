@@ -64,19 +64,31 @@ def latest_runs(results_dir: str) -> dict[str, str]:
     return {study: directory for study, (_, directory) in newest.items()}
 
 
+# The figures the section embeds, per study (glob patterns in its run folder).
+FIGURES = {
+    "compare": ("*_loss_vs_time.png", "*_loss_vs_grad_equivalents.png"),
+    "scaling": ("scaling_time.png", "scaling_memory.png"),
+    "spectrum": ("spectrum.png",),
+}
+
+
 def copy_outputs(study: str, run_dir: str, docs_dir: str) -> dict[str, str]:
-    """Copies the study's PNGs and ``summary.md`` into ``docs_dir``.
+    """Copies the study's embedded PNGs and ``summary.md`` into ``docs_dir``.
 
     Files are renamed ``<study>_<name>`` (``summary.md`` becomes
-    ``<study>.md``) so that two studies never collide. Returns the original
-    file names mapped to the copied paths.
+    ``<study>.md``) so that two studies never collide; the study's files from
+    an earlier run are removed first, so none goes stale. Returns the
+    original file names mapped to the copied paths.
     """
     os.makedirs(docs_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(docs_dir, f"{study}*")):
+        os.remove(old)
     copied = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "*.png"))):
-        name = os.path.basename(path)
-        target = name if name.startswith(study) else f"{study}_{name}"
-        copied[name] = shutil.copyfile(path, os.path.join(docs_dir, target))
+    for pattern in FIGURES[study]:
+        for path in sorted(glob.glob(os.path.join(run_dir, pattern))):
+            name = os.path.basename(path)
+            target = name if name.startswith(study) else f"{study}_{name}"
+            copied[name] = shutil.copyfile(path, os.path.join(docs_dir, target))
     summary = os.path.join(run_dir, "summary.md")
     if os.path.exists(summary):
         copied["summary.md"] = shutil.copyfile(
@@ -100,8 +112,17 @@ def replace_section(readme: str, section: str) -> str:
     return readme[: start + len(START)] + "\n" + section.strip() + "\n" + readme[end:]
 
 
-def build(results_dir: str, docs_dir: str, readme_dir: str) -> tuple[str, dict]:
-    """The section's Markdown and the run directories it was built from."""
+def build(
+    results_dir: str,
+    docs_dir: str,
+    readme_dir: str,
+    elapsed_seconds: float | None = None,
+) -> tuple[str, dict]:
+    """The section's Markdown and the run directories it was built from.
+
+    ``elapsed_seconds``, when given, is how long the studies took to run
+    (``scripts/reproduce.sh`` passes it), stated in the section.
+    """
     runs = latest_runs(results_dir)
     missing = [s for s in STUDIES if s not in runs]
     if missing:
@@ -115,7 +136,7 @@ def build(results_dir: str, docs_dir: str, readme_dir: str) -> tuple[str, dict]:
             name: os.path.relpath(path, readme_dir).replace(os.sep, "/")
             for name, path in copied.items()
         }
-    text = findings_text.section(loaded, figures)
+    text = findings_text.section(loaded, figures, elapsed_seconds)
     return text, runs
 
 
@@ -131,10 +152,16 @@ def main(argv: Sequence[str] | None = None) -> str:
         default=os.path.join("docs", "findings"),
         help="tracked folder for the copied figures and summaries",
     )
+    parser.add_argument(
+        "--elapsed-seconds",
+        type=float,
+        default=None,
+        help="wall time the studies took, to state in the section",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(name)s %(levelname)s %(message)s")
     readme_dir = os.path.dirname(os.path.abspath(args.readme))
-    text, runs = build(args.results, args.docs, readme_dir)
+    text, runs = build(args.results, args.docs, readme_dir, args.elapsed_seconds)
     with open(args.readme) as handle:
         readme = handle.read()
     try:

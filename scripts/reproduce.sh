@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full study in one command: compare (experiments/configs/full.toml),
 # scaling, spectrum, then the README's Findings section and docs/findings/.
-# About an hour on a 2-core CPU; the same command runs on a GPU or TPU.
+# 24 minutes on a 2-core CPU shared with other work (scaling 9, spectrum
+# 0.5, compare 14); the same command runs on a GPU or TPU.
 #
 #   scripts/reproduce.sh                  # results/<study>-<UTC time>/
 #   RUN=20261204 scripts/reproduce.sh     # reuse a name: resumes it
@@ -47,7 +48,7 @@ OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
   step scaling "$PYTHON" -m experiments.scaling
 step spectrum "$PYTHON" -m experiments.spectrum
 step compare "$PYTHON" -m experiments.compare --config experiments/configs/full.toml
-"$PYTHON" scripts/findings.py --results "$RESULTS"
+"$PYTHON" scripts/findings.py --results "$RESULTS" --elapsed-seconds "$SECONDS"
 echo "== done: README.md (Findings) and docs/findings/ rebuilt from run $RUN"
 if ((${#FAILED[@]})); then
   echo "== failed: ${FAILED[*]}" >&2

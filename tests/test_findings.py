@@ -178,7 +178,12 @@ def _write(results_dir, run_id, results, pngs, stamp):
 @pytest.fixture
 def tree(tmp_path):
     results = tmp_path / "results"
-    plots = ["full_loss_vs_time.png", "full_loss_vs_grad_equivalents.png"]
+    # The steps plot is not embedded, so it is not copied.
+    plots = [
+        "full_loss_vs_time.png",
+        "full_loss_vs_grad_equivalents.png",
+        "full_loss_vs_steps.png",
+    ]
     _write(results, "compare-old", _compare("compare-old"), plots, 1000)
     _write(results, "compare-new", _compare("compare-new"), plots, 2000)
     # The newest compare is a smoke test: it must not be the one reported.
@@ -204,12 +209,15 @@ def test_latest_full_runs_are_chosen(tree):
 
 def test_section_states_the_numbers_and_embeds_copied_figures(tree):
     docs = tree / "docs" / "findings"
+    docs.mkdir(parents=True)
+    (docs / "compare_stale.png").write_bytes(PNG)  # from an earlier run
     argv = ["--results", str(tree / "results"), "--readme", str(tree / "README.md")]
-    findings.main([*argv, "--docs", str(docs)])
+    findings.main([*argv, "--docs", str(docs), "--elapsed-seconds", "1500"])
     readme = (tree / "README.md").read_text()
     assert readme.startswith("# title\n\n## Findings\n\n" + findings.START)
     assert readme.endswith(findings.END + "\n\n## Tests and benchmarks\n")
     assert "old text" not in readme and "compare-new" in readme
+    assert "`scripts/reproduce.sh` (this run took 25 minutes on cpu)." in readme
     # Baseline: sgd_annealed (3 s, 3 gradients) beats sgd (5 s); lbfgs takes
     # 2 s (0.67x) but 10 gradient equivalents, so it wins in time only.
     line = next(x for x in readme.splitlines() if x.startswith("- To 0.1:"))
