@@ -190,7 +190,39 @@ def _regime_lines(regime: str, rows: list[dict]) -> list[str]:
             )
             + "."
         )
-    return [*lines, ""]
+    return [*lines, "", *_ranking_table(rows), ""]
+
+
+def _ranking_table(rows: list[dict]) -> list[str]:
+    """Seconds and work to each target (medians, every seed), test accuracy.
+
+    Methods are sorted by the time to the tightest target they reach on every
+    seed, tightest first; a dash is a target not reached on every seed.
+    """
+    targets = rows[0]["targets"]
+    titles = [f"s to {_g(t)}" for t in targets]
+    titles += [f"grad-equiv to {_g(t)}" for t in targets]
+    lines = [
+        "| optimizer | " + " | ".join(titles) + " | test accuracy | status |",
+        "|---|" + "---:|" * (len(titles) + 1) + "---|",
+    ]
+
+    def order(row: dict) -> tuple:
+        for i in reversed(range(len(targets))):
+            if row[f"ranked_seconds_{i}"] is not None:
+                return (-i, row[f"ranked_seconds_{i}"])
+        return (1, 0.0)
+
+    for row in sorted(rows, key=order):
+        cells = [_g(row[f"ranked_seconds_{i}"]) for i in range(len(targets))]
+        cells += [_g(row[f"ranked_work_{i}"]) for i in range(len(targets))]
+        name = row["optimizer"]
+        lines.append(
+            f"| {'**' + name + '**' if name in BASELINES else name} | "
+            + " | ".join(cells)
+            + f" | {_g(row.get('test_accuracy_mean'))} | {row['status']} |"
+        )
+    return lines
 
 
 # -- scaling ------------------------------------------------------------------
@@ -410,7 +442,9 @@ def answer_lines(loaded: dict[str, dict]) -> list[str]:
         for regime in compare["config"]["regimes"]:
             mine = [r for r in rows if r["regime"] == regime and "skipped" not in r]
             if mine and mine[0]["targets"]:
-                out += _regime_answer(regime, mine)
+                # k products at the measured HVP cost, besides the gradient.
+                cost = compare["num_params"] * compare["cost_ratios"]["hvp_per_grad"]
+                out += _regime_answer(regime, mine, cost)
     scaling = loaded.get("scaling")
     if scaling:
         out += _cost_answer(scaling, (compare or {}).get("num_params"))
@@ -428,7 +462,9 @@ def answer_lines(loaded: dict[str, dict]) -> list[str]:
     return out
 
 
-def _regime_answer(regime: str, rows: list[dict]) -> list[str]:
+def _regime_answer(
+    regime: str, rows: list[dict], newton_cost: float | None = None
+) -> list[str]:
     # The tightest target some method reaches on every seed (the last one if
     # none does): the most demanding comparison the run can make.
     targets = rows[0]["targets"]
@@ -467,12 +503,22 @@ def _regime_answer(regime: str, rows: list[dict]) -> list[str]:
         seconds = row[f"ranked_seconds_{i}"]
         text += f" `{row['optimizer']}` "
         if seconds is None:
-            text += "does not get there on every seed."
+            finals = [v for v in row["train_loss"] if v is not None]
+            text += (
+                f"does not get there on every seed: {row['steps']:.0f} steps "
+                f"(median), final train loss {_g(max(finals) if finals else None)} "
+                f"at worst, stopped by {row['status'].replace('_', ' ')}."
+            )
         else:
             text += f"gets there in {_g(seconds)} s"
             if base is not None:
                 text += f" ({seconds / base[f'ranked_seconds_{i}']:.2g}x)"
             text += "."
+    if newton_cost and any(r["optimizer"].startswith("newton") for r in rows):
+        text += (
+            " One exact Newton step forms the Hessian from k Hessian-vector "
+            f"products: {_g(newton_cost)} gradient equivalents on this problem."
+        )
     return [text]
 
 
