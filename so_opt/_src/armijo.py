@@ -354,16 +354,13 @@ def scale_by_armijo(
 
         spent = trials + (1 if independent_batch else 0)
         # Only value evaluations are spent here (the gradient comes with the
-        # call), so the other two counters stay zero by construction. Writing
-        # them as constants keeps the old ones from being live inputs of the
-        # compiled step: on a tiny problem each costs about a microsecond.
-        no_work = jnp.zeros((), base.COUNTER_DTYPE)
+        # call).
         new_state = ArmijoState(
             learning_rate=rate.astype(dtype),
             num_trials=spent.astype(base.COUNTER_DTYPE),
             direction_reset=None if trust_direction else ~descent,
             used_fallback=used_fallback,
-            costs=base.Costs(state.costs.value_evals + spent, no_work, no_work),
+            costs=base.add_costs(state.costs, value_evals=spent),
             status=base.make_status(code),
         )
         # jnp.where, not a product: 0 * nan would leak a non-finite update.

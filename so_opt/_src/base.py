@@ -27,32 +27,52 @@ COUNTER_DTYPE = jnp.int32
 class Costs(NamedTuple):
     """Work counters kept in an optimizer state.
 
+    The three counts live in one int32 vector: a jitted step then carries one
+    state buffer for them instead of three, which is measurable on steps of a
+    few microseconds. Read them by name.
+
     Attributes:
+      counts: int32 ``[value_evals, grad_evals, hvp_evals]``.
       value_evals: evaluations of ``value_fn`` (a forward pass each).
       grad_evals: evaluations of the gradient (a forward and a backward pass).
       hvp_evals: Hessian- or Gauss-Newton-vector products.
     """
 
-    value_evals: jax.Array
-    grad_evals: jax.Array
-    hvp_evals: jax.Array
+    counts: jax.Array
+
+    @property
+    def value_evals(self) -> jax.Array:
+        return self.counts[0]
+
+    @property
+    def grad_evals(self) -> jax.Array:
+        return self.counts[1]
+
+    @property
+    def hvp_evals(self) -> jax.Array:
+        return self.counts[2]
+
+    def __repr__(self) -> str:
+        try:
+            value, grad, hvp = (int(c) for c in self.counts)
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return f"Costs(counts={self.counts!r})"
+        return f"Costs(value_evals={value}, grad_evals={grad}, hvp_evals={hvp})"
 
 
 def zero_costs() -> Costs:
     """Returns a :class:`Costs` record with all counters at zero."""
-    zero = jnp.zeros((), COUNTER_DTYPE)
-    return Costs(zero, zero, zero)
+    return Costs(jnp.zeros(3, COUNTER_DTYPE))
 
 
 def add_costs(
     costs: Costs, value_evals: Any = 0, grad_evals: Any = 0, hvp_evals: Any = 0
 ) -> Costs:
     """Returns ``costs`` with the given counts added, keeping the counter dtype."""
-    return Costs(
-        costs.value_evals + jnp.asarray(value_evals, COUNTER_DTYPE),
-        costs.grad_evals + jnp.asarray(grad_evals, COUNTER_DTYPE),
-        costs.hvp_evals + jnp.asarray(hvp_evals, COUNTER_DTYPE),
+    added = jnp.stack(
+        [jnp.asarray(n, COUNTER_DTYPE) for n in (value_evals, grad_evals, hvp_evals)]
     )
+    return Costs(costs.counts + added)
 
 
 def costs(state: PyTree) -> Costs:
@@ -81,10 +101,9 @@ def costs(state: PyTree) -> Costs:
         )
         if isinstance(leaf, Costs)
     ]
-    total = zero_costs()
-    for record in found:
-        total = add_costs(total, *record)
-    return total
+    if not found:
+        return zero_costs()
+    return Costs(sum(record.counts for record in found[1:]) + found[0].counts)
 
 
 class StatusCode(enum.IntEnum):
