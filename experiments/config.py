@@ -233,7 +233,10 @@ def grid_points(method: registry.Method, fixed: Mapping[str, Any]) -> list[dict]
 
 
 def check_runnable(config: Mapping[str, Any]) -> problems.Problem:
-    """Builds the problem and every optimizer the study will run; returns the problem.
+    """Builds the problem and every optimizer in the study; returns the problem.
+
+    Every optimizer the study runs is built (with each tuning grid point), and
+    so is every optimizer named in ``hparams``, selected or not.
 
     Raises:
       ConfigError: naming the key whose value cannot run: a problem argument
@@ -257,10 +260,13 @@ def check_runnable(config: Mapping[str, Any]) -> problems.Problem:
                 f"training examples, got {config['batch_size']}."
             )
     context = {"max_steps": config["steps"], "steps_per_epoch": 1}
-    for name in config["optimizers"]:
+    # Every optimizer with hyperparameters in the config is built with them,
+    # also one not selected to run: a bad value is an error, never ignored.
+    for name in dict.fromkeys([*config["optimizers"], *config["hparams"]]):
         method = registry.get(name)
         fixed = config["hparams"].get(name, {})
-        points = grid_points(method, fixed) if config["tune"] else []
+        selected = name in config["optimizers"]
+        points = grid_points(method, fixed) if config["tune"] and selected else []
         for point in points or [{}]:
             try:
                 method.build({**fixed, **point}, context)

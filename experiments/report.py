@@ -31,9 +31,18 @@ _AXES = (
     ("time", "seconds", "wall time [s] (compilation excluded)"),
     ("grad_equivalents", "grad_equivalents", "gradient equivalents"),
 )
-# Automatic targets: the initial train loss reduced 10, 100 and 1000 times;
-# the same for every method, and meaningful whatever the final losses are.
+# Automatic targets: 1/10, 1/100 and 1/1000 of the way left from the initial
+# train loss to the lowest train loss any method reached in the regime,
+# ``best + (initial - best) * f``. The same for every method, and meaningful
+# whatever the optimum is (a regularized loss does not go to 0).
 _TARGET_FRACTIONS = (1e-1, 1e-2, 1e-3)
+# Stored with the targets in results.json: targets recorded under another rule
+# (older results) are recomputed rather than reused.
+TARGET_RULE = "best + (initial - best) * 10^-j, j = 1, 2, 3"
+TARGET_SOURCE = (
+    "automatic: best + (initial - best) / 10, / 100, / 1000, from the initial "
+    "train loss to the lowest train loss any method reached in this regime"
+)
 
 
 def grad_equivalents(history: dict[str, list], ratios: dict[str, float]) -> list:
@@ -66,33 +75,88 @@ def _finite(values: Sequence[Any]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
+def _round_above(value: float, gap: float) -> float:
+    # ``value`` to the fewest significant digits (at least 3) whose rounding
+    # error is under a tenth of ``gap``, so a target never rounds to the best.
+    digits = 3
+    if gap > 0 and value > 0:
+        digits = max(digits, math.ceil(math.log10(value / gap)) + 2)
+    return float(f"{value:.{min(digits, 12)}g}")
+
+
+def initial_loss(results: dict[str, Any], regime: str) -> float | None:
+    """The train loss at the initial params (median over seeds), if known."""
+    start = results.get("initial_train_loss")
+    if start is not None:
+        return start
+    # Older results: the first recorded train loss of each run.
+    first = _finite(
+        [
+            r["history"]["train_loss"][0]
+            for r in results["runs"]
+            if r["regime"] == regime and "skipped" not in r and r["history"]["step"]
+        ]
+    )
+    return statistics.median(first) if first else None
+
+
+def best_loss(results: dict[str, Any], regime: str) -> float | None:
+    """The lowest finite train loss any run (any seed) recorded in ``regime``.
+
+    The recorded history is what the targets are checked against, so the
+    method that got lowest reaches every automatic target.
+    """
+    losses = _finite(
+        [
+            loss
+            for r in results["runs"]
+            if r["regime"] == regime and "skipped" not in r
+            for loss in r["history"]["train_loss"]
+        ]
+    )
+    return min(losses) if losses else None
+
+
+def automatic_targets(initial: float | None, best: float | None) -> list[float]:
+    """``best + (initial - best) * f`` for f = 1e-1, 1e-2, 1e-3, loosest first.
+
+    ``[]`` when there is no finite run or no method went below the initial loss.
+    """
+    if initial is None or best is None or not best < initial:
+        return []
+    gap = initial - best
+    return [_round_above(best + gap * f, gap * f) for f in _TARGET_FRACTIONS]
+
+
 def targets_for(results: dict[str, Any], regime: str) -> list[float]:
     """The target train losses of ``regime``, loosest first.
 
-    Those recorded in the results, else those given in the config, else the
-    initial train loss (``initial_train_loss``: at the initial params, median
-    over seeds) cut by 10, 100 and 1000.
+    Those given in the config, else those recorded in the results under the
+    current rule (:data:`TARGET_RULE`), else :func:`automatic_targets` from
+    the initial train loss (``initial_train_loss``: at the initial params,
+    median over seeds) and the lowest train loss of the regime (:func:`best_loss`).
     """
-    recorded = results.get("targets") or {}
-    if recorded.get(regime):
-        return list(recorded[regime])
     given = results["config"].get("targets")
     if given:
         return list(given)
-    start = results.get("initial_train_loss")
-    if start is None:
-        # Older results: the first recorded train loss of each run.
-        first = _finite(
-            [
-                r["history"]["train_loss"][0]
-                for r in results["runs"]
-                if r["regime"] == regime and "skipped" not in r and r["history"]["step"]
-            ]
-        )
-        if not first:
-            return []
-        start = statistics.median(first)
-    return [float(f"{start * f:.3g}") for f in _TARGET_FRACTIONS]
+    recorded = results.get("targets") or {}
+    if recorded.get(regime) and results.get("targets_rule") == TARGET_RULE:
+        return list(recorded[regime])
+    return automatic_targets(initial_loss(results, regime), best_loss(results, regime))
+
+
+def record_targets(results: dict[str, Any]) -> bool:
+    """Sets ``results["targets"]`` (per regime) and ``results["targets_rule"]``.
+
+    Returns whether they changed (e.g. results recorded under an older rule).
+    """
+    given = bool(results["config"].get("targets"))
+    targets = {r: targets_for(results, r) for r in results["config"]["regimes"]}
+    rule = "given" if given else TARGET_RULE
+    if results.get("targets") == targets and results.get("targets_rule") == rule:
+        return False
+    results["targets"], results["targets_rule"] = targets, rule
+    return True
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -275,8 +339,8 @@ def _final_table(mine: list[dict]) -> list[str]:
 
 def _target_table(mine: list[dict]) -> list[str]:
     targets = mine[0]["targets"]
-    titles = [f"s to {t:.3g}" for t in targets]
-    titles += [f"grad-equiv to {t:.3g}" for t in targets]
+    titles = [f"s to {t:g}" for t in targets]
+    titles += [f"grad-equiv to {t:g}" for t in targets]
     lines = ["| optimizer | " + " | ".join(titles) + " |"]
     lines.append("|" + "---|" * (1 + len(titles)))
     for r in mine:
@@ -338,11 +402,7 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         title = "full batch" if regime == "full" else regime
         lines += ["", f"## {title}", "", *_final_table(mine)]
         if mine[0]["targets"]:
-            source = (
-                "given"
-                if results["config"].get("targets")
-                else "automatic: the initial train loss / 10, / 100, / 1000"
-            )
+            source = "given" if results["config"].get("targets") else TARGET_SOURCE
             lines += [
                 "",
                 f"Seconds and gradient equivalents until the train loss first "
@@ -412,11 +472,43 @@ def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
                 writer.writerow([row["regime"], row["optimizer"], *cells, *per, ""])
 
 
+def log_floor(values: Sequence[float]) -> float | None:
+    """Where to draw losses <= 0 on a log axis: a decade below the smallest > 0.
+
+    ``None`` if no value is <= 0 (nothing to floor); 1e-8 if none is > 0.
+    """
+    finite = _finite(values)
+    if all(v > 0 for v in finite):
+        return None
+    positive = [v for v in finite if v > 0]
+    return 10 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-8
+
+
+def _styles(count: int) -> list[tuple[Any, str]]:
+    # Distinct qualitative colours (tab10); past 10 methods the colours repeat
+    # with another line style, so no two methods share both.
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10"].colors
+    dashes = ("-", "--", ":", "-.")
+    return [(colours[i % 10], dashes[(i // 10) % 4]) for i in range(count)]
+
+
+def _title(results: dict[str, Any], regime: str) -> str:
+    config = results["config"]
+    if regime == "full":
+        return f"{config['problem']}: full batch"
+    return f"{config['problem']}: mini-batch (batch size {config['batch_size']})"
+
+
 def plot(results: dict[str, Any], directory: str) -> list[str]:
     """Train loss against steps, wall time and gradient equivalents, per regime.
 
-    Returns the written PNG paths. Every seed is drawn, one colour per method;
-    dotted lines mark the target train losses.
+    Returns the written PNG paths. Every seed is drawn, one colour and line
+    style per method; dotted grey lines mark the target train losses. The y
+    axis is always logarithmic: a loss <= 0 (float32 reaches exactly 0) is
+    drawn at :func:`log_floor`, a decade below the smallest positive loss,
+    marked by a dashed line and named in the axis label.
     """
     import matplotlib
 
@@ -434,10 +526,13 @@ def plot(results: dict[str, Any], directory: str) -> list[str]:
         if not runs:
             continue
         names = list(dict.fromkeys(r["optimizer"] for r in runs))
-        colours = plt.get_cmap("tab20")
-        positive = all(v > 0 for r in runs for v in r["history"]["train_loss"])
+        styles = _styles(len(names))
+        floor = log_floor([v for r in runs for v in r["history"]["train_loss"]])
+        ylabel = "train loss (log)"
+        if floor is not None:
+            ylabel = f"train loss (log; losses <= 0 drawn at {floor:.0e})"
         for axis, key, label in _AXES:
-            fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+            fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
             for r in runs:
                 history = r["history"]
                 x = (
@@ -445,25 +540,36 @@ def plot(results: dict[str, Any], directory: str) -> list[str]:
                     if key == "grad_equivalents"
                     else history[key]
                 )
-                index = names.index(r["optimizer"])
+                y = history["train_loss"]
+                if floor is not None:
+                    y = [v if v is None or not v <= 0 else floor for v in y]
+                colour, dash = styles[names.index(r["optimizer"])]
                 ax.plot(
                     x,
-                    history["train_loss"],
-                    color=colours(index % 20),
+                    y,
+                    color=colour,
+                    linestyle=dash,
                     label=r["optimizer"] if r["seed"] == runs[0]["seed"] else None,
-                    linewidth=1.2,
+                    linewidth=1.3,
                 )
             for target in targets_for(results, regime):
                 ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
-            if positive:
-                ax.set_yscale("log")
+            if floor is not None:
+                ax.axhline(floor, color="black", linestyle="--", linewidth=0.6)
+            ax.set_yscale("log")
             if key != "step":
                 ax.set_xscale("log")
             ax.set_xlabel(label)
-            ax.set_ylabel("train loss")
-            ax.set_title(f"{results['config']['problem']}, {regime} batch")
-            ax.legend(fontsize="small", ncol=2)
-            ax.grid(alpha=0.3)
+            ax.set_ylabel(ylabel)
+            ax.set_title(_title(results, regime))
+            ax.legend(
+                fontsize="small",
+                ncol=min(len(names), 4),
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.14),
+                frameon=False,
+            )
+            ax.grid(alpha=0.3, which="both")
             path = os.path.join(directory, f"{regime}_loss_vs_{axis}.png")
             fig.savefig(path, dpi=120)
             plt.close(fig)
@@ -490,8 +596,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("directory", help="a results/<run-id> directory")
     args = parser.parse_args(argv)
-    with open(os.path.join(args.directory, "results.json")) as handle:
+    path = os.path.join(args.directory, "results.json")
+    with open(path) as handle:
         results = json.load(handle)
+    if record_targets(results):
+        # Older results (another target rule): record the targets the report
+        # uses, so that results.json and summary.md agree.
+        runner.save_json_atomic(path, results)
+        logger.info("targets in %s recomputed: %s", path, results["targets"])
     print(write(args.directory, results)["markdown"])
 
 

@@ -360,12 +360,18 @@ def save_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
     A reader (or a resumed study) sees either the old file or the complete
     new one, never a partial write, even if the process is killed midway.
+    The file gets the mode a plain ``open(path, "w")`` would give it.
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666
+        # less the umask), like every other output file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=1, allow_nan=True)
             handle.flush()

@@ -52,13 +52,32 @@ def test_quick_study_writes_every_file(study):
     assert env["versions"]["jax"] and env["devices"] and "commit" in env["git"]
     assert results["config"]["seeds"] == [0] and results["mesh"] is None
     assert results["cost_ratios"]["value_per_grad"] > 0
-    # Automatic targets: the loss at the initial params / 10, / 100, / 1000.
+    # Automatic targets: 1/10, 1/100, 1/1000 of the way from the loss at the
+    # initial params to the lowest train loss any run of the regime recorded.
     problem = problems.get("digits_mlp")
     start = float(problem.loss(problem.init_params(0), problem.train))
     assert results["initial_train_loss"] == pytest.approx(start, rel=1e-6)
+    assert results["targets_rule"] == report.TARGET_RULE
     for regime in ("full", "minibatch"):
-        expected = [float(f"{start * f:.3g}") for f in (0.1, 0.01, 0.001)]
-        assert results["targets"][regime] == expected
+        best = min(
+            loss
+            for r in results["runs"]
+            if r["regime"] == regime and "skipped" not in r
+            for loss in r["history"]["train_loss"]
+        )
+        targets = results["targets"][regime]
+        assert len(targets) == 3
+        for target, f in zip(targets, (0.1, 0.01, 0.001), strict=True):
+            exact = best + (start - best) * f
+            assert abs(target - exact) < 0.1 * (start - best) * f
+        # The method that got lowest reaches every target.
+        assert best <= targets[-1] < targets[1] < targets[0] < start
+    # The saved JSON files get the mode a plain open() gives (umask applied).
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "config.json", "cost_ratios.json", "summary.md"):
+        mode = os.stat(os.path.join(directory, name)).st_mode & 0o777
+        assert mode == 0o666 & ~umask, name
 
 
 def test_quick_study_losses_fall_and_counters_add_up(study):
@@ -279,13 +298,106 @@ def test_report_means_spreads_and_ranks_against_numpy():
     # Target 0.25: each reaches it on one seed only, so no one is ranked.
     assert (a["reached_1"], b["reached_1"]) == (1, 1)
     assert "ranked_work_1_rank" not in a and "ranked_work_1_rank" not in b
+    # Automatic: from the initial loss 1.0 to the lowest one recorded, 0.1.
     automatic = dict(results, config={"regimes": ["full"], "targets": None})
-    assert report.targets_for(automatic, "full") == [0.1, 0.01, 0.001]
+    assert report.targets_for(automatic, "full") == [0.19, 0.109, 0.1009]
     automatic["initial_train_loss"] = 2.0
-    assert report.targets_for(automatic, "full") == [0.2, 0.02, 0.002]
+    assert report.targets_for(automatic, "full") == [0.29, 0.119, 0.1019]
+    # Targets recorded under this rule are reused; under an older one, redone.
+    stale = dict(automatic, targets={"full": [0.2, 0.02, 0.002]})
+    assert report.targets_for(stale, "full") == [0.29, 0.119, 0.1019]
+    stale["targets_rule"] = report.TARGET_RULE
+    assert report.targets_for(stale, "full") == [0.2, 0.02, 0.002]
+    # Given targets win over recorded ones.
+    assert report.targets_for(dict(stale, config=results["config"]), "full") == [
+        0.5,
+        0.25,
+    ]
     ties = [{"x": 0.5}, {"x": 0.2}, {"x": 0.5}, {}]
     report._rank(ties, "x")
     assert [t.get("x_rank") for t in ties] == [2, 1, 2, None]
+
+
+def test_report_rebuild_records_targets_of_older_results(study, tmp_path, capsys):
+    directory, _, results = study
+    old = dict(results, targets={"full": [9.0], "minibatch": [9.0]})
+    del old["targets_rule"]
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    report.main([str(tmp_path)])
+    rebuilt = _load(str(tmp_path))
+    assert rebuilt["targets"] == results["targets"]
+    assert rebuilt["targets_rule"] == report.TARGET_RULE
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert f"s to {results['targets']['full'][-1]:g} |" in summary
+    # Up to date: left as it is.
+    assert not report.record_targets(rebuilt)
+
+
+def test_automatic_targets_on_a_loss_with_a_positive_optimum():
+    # breast_cancer_logreg-like: 0.693 at the start, optimum about 0.1008;
+    # initial / 10 (0.0693) would be out of reach for every method.
+    targets = report.automatic_targets(0.6931, 0.1008)
+    gap = 0.6931 - 0.1008
+    for target, f in zip(targets, (0.1, 0.01, 0.001), strict=True):
+        assert target == pytest.approx(0.1008 + gap * f, abs=0.1 * gap * f)
+    assert targets == [0.16, 0.1067, 0.10139]
+    # A loss that reaches exactly 0: the initial loss / 10, / 100, / 1000.
+    assert report.automatic_targets(2.4, 0.0) == [0.24, 0.024, 0.0024]
+    # Nothing went below the start, or nothing finite: no targets.
+    assert report.automatic_targets(1.0, 1.0) == []
+    assert report.automatic_targets(1.0, None) == []
+
+
+def test_plot_keeps_a_log_axis_when_a_loss_is_exactly_zero(tmp_path):
+    import matplotlib.image
+
+    runs = [
+        _fake_run("full", f"m{i}", 0, [1.0, 10.0**-i, 0.0], {}) for i in range(1, 13)
+    ]
+    runs.append(_fake_run("minibatch", "m1", 0, [1.0, 0.5], {}))
+    results = {
+        "config": {
+            "problem": "p",
+            "regimes": ["full", "minibatch"],
+            "targets": None,
+            "batch_size": 32,
+        },
+        "cost_ratios": {"value_per_grad": 0.25, "hvp_per_grad": 2.0},
+        "runs": runs,
+    }
+    # Smallest positive loss 1e-12: zeros are drawn a decade below, at 1e-13.
+    assert report.log_floor([1.0, 1e-12, 0.0]) == pytest.approx(1e-13)
+    assert report.log_floor([1.0, 0.5]) is None
+    assert report.log_floor([0.0]) == 1e-8
+    assert report._title(results, "full") == "p: full batch"
+    assert report._title(results, "minibatch") == "p: mini-batch (batch size 32)"
+    # 12 methods: the colours repeat after 10, with another line style.
+    styles = report._styles(12)
+    assert len(set(styles)) == 12 and len({c for c, _ in styles[:10]}) == 10
+    assert styles[10] == (styles[0][0], "--")
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, path, **kwargs):
+        ax = fig.axes[0]
+        lowest = min(min(line.get_ydata()) for line in ax.get_lines())
+        seen[os.path.basename(path)] = (ax.get_yscale(), ax.get_ylabel(), lowest)
+        return original(fig, path, **kwargs)
+
+    plt.Figure.savefig = spy
+    try:
+        paths = report.plot(results, str(tmp_path))
+    finally:
+        plt.Figure.savefig = original
+    assert len(paths) == 6
+    scale, label, lowest = seen["full_loss_vs_steps.png"]
+    assert scale == "log" and "<= 0 drawn at 1e-13" in label
+    assert lowest == pytest.approx(1e-13)
+    assert seen["minibatch_loss_vs_time.png"][:2] == ("log", "train loss (log)")
+    assert matplotlib.image.imread(paths[0]).shape[2] in (3, 4)
 
 
 # Slow: a second process with two forced CPU devices and a second study.

@@ -102,6 +102,11 @@ def test_bad_config_names_the_key(tmp_path, text, key):
         ("devices = 64\n", "'devices'"),
         ("batch_size = 100000\n", "'batch_size'"),
         ("[hparams.armijo_sgd]\nshrink = 1.5\n", "'hparams.armijo_sgd'"),
+        # An optimizer that is not selected still has its values checked.
+        (
+            'optimizers = ["lbfgs"]\n[hparams.armijo_sgd]\nc1 = 1.5\n',
+            "'hparams.armijo_sgd': `c1`",
+        ),
     ],
 )
 def test_config_that_cannot_run_names_the_key(tmp_path, text, key):
@@ -125,6 +130,33 @@ def test_bad_config_fails_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main(["--config", str(path), "--out", str(out)])
     assert "not valid TOML" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--seeds", "0,x"], "`--seeds` expects comma-separated integers, got 'x'"),
+        (["--targets", "0.1,low"], "`--targets` expects comma-separated numbers"),
+        (["--problem-arg", "hidden"], "`--problem-arg` expects KEY=VALUE"),
+        (["--hparam", "learning_rate=0.1"], "`--hparam` expects OPTIMIZER.NAME"),
+    ],
+)
+def test_bad_option_value_names_the_option(tmp_path, capsys, argv, option):
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit):
+        compare.main([*argv, "--out", str(out)])
+    assert option in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unselected_optimizer_hparams_fail_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = ["--optimizers", "lbfgs", "--hparam", "armijo_sgd.c1=1.5"]
+    with pytest.raises(SystemExit):
+        compare.main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "hparams.armijo_sgd" in err and "c1" in err
     assert not out.exists()
 
 

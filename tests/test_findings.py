@@ -235,6 +235,7 @@ def test_section_states_the_numbers_and_embeds_copied_figures(tree):
         "loss 0.6 at worst, stopped by max steps. One exact Newton step forms the "
         "Hessian from k Hessian-vector products: 4,820 gradient equivalents" in readme
     )
+    assert "Targets: those given in the config." in readme
     # Exact power laws come back as exact slopes.
     assert "`newton_solve` | 3 | 3.00" in readme
     assert "`cg_product` | 1 | 1.00" in readme
@@ -255,6 +256,19 @@ def test_section_states_the_numbers_and_embeds_copied_figures(tree):
         "spectrum.md",
         "spectrum.png",
     ]
+
+
+def test_automatic_targets_run_from_the_start_to_the_lowest_loss():
+    import findings_text
+
+    results = _compare("compare-auto")
+    results["config"]["targets"] = None
+    # Initial loss 1.0 (first recorded), lowest 0.001 (lbfgs): the targets are
+    # 0.001 + 0.999 * 10^-j to 3 digits (each rounding under 1/10 of its gap).
+    text = "\n".join(findings_text.compare_lines(results, {}))
+    assert "targets: train loss 0.101, 0.011, 0.002;" in text
+    assert "Targets (automatic): 1/10, 1/100 and 1/1000 of the way" in text
+    assert "- To 0.002: neither gradient descent gets there" in text
 
 
 def test_missing_study_and_missing_markers(tree):
