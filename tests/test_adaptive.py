@@ -1,5 +1,7 @@
 """Adaptive learning-rate rules: bold driver, newbob, delta-bar-delta, BB."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -289,3 +291,134 @@ def test_impossible_hyperparameters_raise_clear_errors(factory, kwargs, message)
     with pytest.raises(ValueError, match=message) as info:
         factory(**kwargs)
     assert str(info.value).endswith(".")
+
+
+def _factories():
+    """Every public so_opt factory annotated to return an optax transform."""
+    names = []
+    for name in sorted(dir(so_opt)):
+        obj = getattr(so_opt, name)
+        if name.startswith("_") or not inspect.isfunction(obj):
+            continue
+        if "GradientTransformation" in str(inspect.signature(obj).return_annotation):
+            names.append(name)
+    return names
+
+
+def test_every_optimizer_is_listed_for_the_extra_args_check():
+    assert set(_factories()) == set(EXTRA_ARGS_FACTORIES)
+
+
+# Each public optimizer factory, built with its defaults or close to them.
+EXTRA_ARGS_FACTORIES = {
+    "armijo_sgd": lambda: so_opt.armijo_sgd(),
+    "barzilai_borwein": lambda: so_opt.barzilai_borwein(0.1),
+    "bfgs": lambda: so_opt.bfgs(),
+    "bold_driver": lambda: so_opt.bold_driver(0.1),
+    "delta_bar_delta": lambda: so_opt.delta_bar_delta(0.1),
+    "hessian_free": lambda: so_opt.hessian_free(curvature="hessian"),
+    "lbfgs": lambda: so_opt.lbfgs(),
+    "newbob": lambda: so_opt.newbob(0.1),
+    "newton": lambda: so_opt.newton(),
+    "reduce_on_plateau": lambda: so_opt.reduce_on_plateau(),
+    "rprop": lambda: so_opt.rprop(0.1),
+    # Building blocks that scale a direction: fed -grad below.
+    "scale_by_armijo": lambda: so_opt.scale_by_armijo(),
+    "scale_by_wolfe": lambda: so_opt.scale_by_wolfe(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_ARGS_FACTORIES))
+def test_update_accepts_the_readme_extra_args(name):
+    # The README's step: update(g, s, x, value=v, grad=g, value_fn=f) works for
+    # every optimizer, which ignores the extra args it does not use.
+    opt = EXTRA_ARGS_FACTORIES[name]()
+    assert isinstance(opt, optax.GradientTransformationExtraArgs)
+    # Not a quadratic, so that no method lands on the minimum in one step.
+    f = lambda x: jnp.sum(jnp.exp(x) - 2.0 * x)
+    x = jnp.zeros(3)
+    state = opt.init(x)
+    for _ in range(2):
+        v, g = jax.value_and_grad(f)(x)
+        direction = -g if name.startswith("scale_by") else g
+        u, state = opt.update(direction, state, x, value=v, grad=g, value_fn=f)
+        assert u.shape == x.shape and bool(jnp.all(jnp.isfinite(u)))
+        x = optax.apply_updates(x, u)
+    assert int(so_opt.status(state)) in (StatusCode.RUNNING, StatusCode.CONVERGED)
+
+
+def _run_newbob(learning_rate, f, steps):
+    """Full-batch newbob from zeros; returns params, losses and statuses."""
+    opt = so_opt.newbob(learning_rate=learning_rate)
+    x = jnp.zeros(3, jnp.float32)
+    state = opt.init(x)
+    losses, codes = [], []
+    for _ in range(steps):
+        v, g = jax.value_and_grad(f)(x)
+        u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
+        x = optax.apply_updates(x, u)
+        losses.append(float(v))
+        codes.append(int(so_opt.status(state)))
+    return x, losses, codes, state
+
+
+def test_newbob_overflowing_step_is_non_finite_not_converged():
+    f = lambda x: jnp.sum((x - 1.0) ** 2)
+    x, _, codes, state = _run_newbob(1e30, f, 10)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    assert codes[-1] == StatusCode.NON_FINITE
+    assert StatusCode.CONVERGED not in codes and not bool(state.should_stop)
+
+
+def test_newbob_diverging_run_never_claims_convergence():
+    # Rate 10 on a quadratic of curvature 2: the loss grows 361-fold per step
+    # until ramping has cut the rate; it then settles far above the start.
+    f = lambda x: jnp.sum((x - 1.0) ** 2)
+    x, losses, codes, state = _run_newbob(10.0, f, 40)
+    assert losses[3] > 1e5 * losses[0] and losses[-1] > 100 * losses[0]
+    assert StatusCode.CONVERGED not in codes and not bool(state.should_stop)
+    assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_newbob_nan_loss_past_a_radius_gives_a_zero_update_and_non_finite():
+    f = lambda x: jnp.where(jnp.any(x > 2.0), jnp.nan, jnp.sum((x - 1.0) ** 2))
+    x, losses, codes, _ = _run_newbob(10.0, f, 10)
+    assert np.isnan(losses[-1])
+    assert codes[-1] == StatusCode.NON_FINITE and StatusCode.CONVERGED not in codes
+    np.testing.assert_array_equal(x, jnp.full(3, 20.0))  # no step after the NaN
+
+
+def test_newbob_converging_run_still_stops():
+    # Held-out losses that fall, then flatten: ramping, then a stop.
+    opt = so_opt.newbob(0.1)
+    state = opt.init(jnp.zeros(1))
+    for h in [1.0, 0.5, 0.499, 0.4989, 0.49889]:
+        _, state = opt.update(jnp.ones(1), state, heldout_value=h)
+    assert int(so_opt.status(state)) == StatusCode.CONVERGED
+    # A NaN held-out value is not read as the end of training.
+    u, state = opt.update(jnp.ones(1), state, heldout_value=jnp.nan)
+    np.testing.assert_array_equal(u, jnp.zeros(1))
+    assert int(so_opt.status(state)) == StatusCode.NON_FINITE
+
+
+def test_newbob_rise_while_ramping_is_no_stop():
+    # 0.499 starts ramping; a 10% rise next is a regression, not a plateau.
+    opt = so_opt.newbob(0.1)
+    state = opt.init(jnp.zeros(1))
+    for h in [1.0, 0.5, 0.499, 0.55]:
+        _, state = opt.update(jnp.ones(1), state, heldout_value=h)
+    assert bool(state.ramping) and not bool(state.should_stop)
+    assert int(so_opt.status(state)) == StatusCode.RUNNING
+
+
+def test_bold_driver_refuses_an_overflowing_step_where_value_fn_is_finite():
+    # f is bounded, so f(x - rate * g) is finite even when the step is inf.
+    f = lambda x: -jnp.sum(jnp.tanh(x)) * 1e10
+    x = jnp.zeros(2, jnp.float32)
+    opt = so_opt.bold_driver(learning_rate=1e38)
+    state = opt.init(x)
+    v, g = jax.value_and_grad(f)(x)
+    u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
+    np.testing.assert_array_equal(u, jnp.zeros(2))
+    assert not bool(state.accepted)
+    assert bool(jnp.all(jnp.isfinite(optax.apply_updates(x, u))))

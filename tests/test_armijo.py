@@ -379,3 +379,10 @@ def test_missing_extra_argument_is_named():
     x = jnp.ones(2)
     with pytest.raises(TypeError, match="`value_fn=`"):
         opt.update(x, opt.init(x), x, value=1.0, grad=x)
+
+
+def test_rate_given_as_a_string_or_infinite_is_refused():
+    with pytest.raises(TypeError, match=r"`learning_rate` must be a real number"):
+        so_opt.armijo_sgd(learning_rate="0.1")
+    with pytest.raises(ValueError, match=r"`learning_rate` must be finite and > 0"):
+        so_opt.armijo_sgd(learning_rate=float("inf"))

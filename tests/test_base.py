@@ -18,3 +18,40 @@ def test_numpy_integers_are_integers(memory_size):
 def test_bools_floats_strings_and_small_values_are_refused(memory_size):
     with pytest.raises(ValueError, match=r"`memory_size` must be an integer >= 1"):
         so_opt.lbfgs(memory_size=memory_size)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ("0.1", TypeError, r"`learning_rate` must be a real number, got '0.1'"),
+        (None, TypeError, r"`learning_rate` must be a real number, got None"),
+        (True, TypeError, r"`learning_rate` must be a real number, got True"),
+        (float("inf"), ValueError, r"`learning_rate` must be finite and > 0, got inf"),
+        (float("nan"), ValueError, r"`learning_rate` must be > 0, got nan"),
+    ],
+)
+def test_rates_must_be_finite_positive_real_numbers(value, error, message):
+    with pytest.raises(error, match=message) as info:
+        so_opt.armijo_sgd(learning_rate=value)
+    assert str(info.value).endswith(".")
+
+
+@pytest.mark.parametrize("value", [0.1, 1, np.float32(0.1), np.float64(0.1)])
+def test_real_numbers_of_any_kind_are_accepted(value):
+    opt = so_opt.armijo_sgd(learning_rate=value)
+    assert so_opt.costs(opt.init(np.zeros(2))).value_evals == 0
+    so_opt.armijo_sgd(learning_rate=np.asarray(value))  # a 0-d array is a number
+
+
+def test_interval_and_bound_checks_want_real_numbers_too():
+    with pytest.raises(TypeError, match=r"`c1` must be a real number, got '0.1'"):
+        so_opt.armijo_sgd(c1="0.1")
+    with pytest.raises(TypeError, match=r"`max_learning_rate` must be a real"):
+        so_opt.armijo_sgd(max_learning_rate="1")
+
+
+def test_costs_docstring_makes_no_inject_hyperparams_claim():
+    # so_opt's hyperparameter checks run in Python when the optimizer is built,
+    # so optax.inject_hyperparams cannot drive them; the docstring says so.
+    doc = so_opt.costs.__doc__
+    assert "do not support ``optax.inject_hyperparams``" in doc

@@ -173,6 +173,8 @@ def test_unknown_curvature_lists_the_valid_names():
         ({"warm_start_decay": 1.5}, "warm_start_decay"),
         ({"cg_tol": -1.0}, "cg_tol"),
         ({"initial_radius": 0.0}, "initial_radius"),
+        ({"min_damping": 10.0, "max_damping": 1.0}, "max_damping"),
+        ({"max_radius": float("inf")}, "max_radius"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):
@@ -186,3 +188,8 @@ def test_gauss_newton_without_model_fn_is_a_clear_error():
     f = lambda x: jnp.sum(x**2)
     with pytest.raises(TypeError, match="`model_fn=`"):
         opt.update(x, opt.init(x), x, value=0.0, grad=x, value_fn=f)
+
+
+def test_damping_bounds_message_names_both_bounds():
+    with pytest.raises(ValueError, match=r"`max_damping` must be >= `min_damping`"):
+        so_opt.hessian_free(min_damping=10, max_damping=1)

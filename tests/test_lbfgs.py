@@ -292,3 +292,9 @@ def test_bad_params_and_missing_extra_args_name_the_argument():
         opt.update(x, opt.init(x), x, value=1.0, grad=x)
     with pytest.raises(TypeError, match=r"`lbfgs` needs `params`"):
         opt.update(x, opt.init(x))
+
+
+def test_params_of_mixed_dtypes_are_refused_in_init():
+    params = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(2, jnp.float64)}
+    with pytest.raises(TypeError, match=r"`params` of `lbfgs` must hold leaves of one"):
+        so_opt.lbfgs().init(params)

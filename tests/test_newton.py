@@ -140,11 +140,20 @@ def test_memory_budget_is_checked_before_allocating():
         ({"c1": 1.5}, "c1"),
         ({"max_backtracks": -1}, "max_backtracks"),
         ({"chunk_size": 0}, "chunk_size"),
+        ({"min_damping": 10.0, "max_damping": 1.0}, "max_damping"),
+        ({"damping": float("inf")}, "damping"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         so_opt.newton(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_params_are_refused_in_init(dtype):
+    # LAPACK has no half-precision kernels: refuse before any update.
+    with pytest.raises(TypeError, match=r"`params` of `newton` must be float32"):
+        so_opt.newton().init(jnp.zeros(3, dtype))
 
 
 def test_missing_value_fn_is_a_clear_error():

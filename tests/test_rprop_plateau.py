@@ -175,3 +175,18 @@ def test_impossible_hyperparameters_raise_clear_errors(factory, kwargs, message)
     with pytest.raises(ValueError, match=message) as info:
         factory(**kwargs)
     assert str(info.value).endswith(".")
+
+
+def test_plateau_non_finite_value_gives_a_zero_update_and_is_not_counted():
+    opt = so_opt.reduce_on_plateau(factor=0.5, patience=1)
+    state = opt.init(jnp.zeros(2))
+    _, state = opt.update(jnp.ones(2), state, value=1.0)
+    for value, grad in [(jnp.nan, 1.0), (jnp.inf, 1.0), (1.0, jnp.nan)]:
+        u, new = opt.update(jnp.full(2, grad), state, value=value)
+        np.testing.assert_array_equal(u, jnp.zeros(2))
+        assert int(so_opt.status(new)) == so_opt.StatusCode.NON_FINITE
+        assert float(new.scale) == 1.0 and int(new.plateau_count) == 0
+    # A finite value afterwards is counted as usual and the status clears.
+    u, state = opt.update(jnp.ones(2), new, value=1.0)
+    assert float(state.scale) == 0.5 and int(so_opt.status(state)) == 0
+    np.testing.assert_array_equal(u, 0.5 * jnp.ones(2))

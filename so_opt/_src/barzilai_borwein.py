@@ -42,7 +42,7 @@ def barzilai_borwein(
     variant: str = "long",
     min_learning_rate: float = 1e-10,
     max_learning_rate: float = 1e10,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Gradient descent with the Barzilai-Borwein step size.
 
     With :math:`s = x_t - x_{t-1}` and :math:`y = g_t - g_{t-1}`, the long
@@ -66,7 +66,8 @@ def barzilai_borwein(
       max_learning_rate: upper safeguard (>= ``min_learning_rate``).
 
     Returns:
-      An ``optax.GradientTransformation`` giving the update (sign included);
+      An ``optax.GradientTransformationExtraArgs`` giving the update (sign
+      included); extra arguments of ``update`` are accepted and ignored;
       ``update`` needs ``params``.
 
     Raises:
@@ -110,7 +111,8 @@ def barzilai_borwein(
             status=base.ok_status(),
         )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args  # accepted (value, grad, value_fn, ...) and unused
         if params is None:
             raise TypeError("`barzilai_borwein` needs `params` in `update`.")
         dtype = state.learning_rate.dtype
@@ -145,4 +147,4 @@ def barzilai_borwein(
         )
         return new_updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -78,9 +78,11 @@ def add_costs(
 def costs(state: PyTree) -> Costs:
     """Sums every :class:`Costs` record found in an optimizer state.
 
-    Works on a single so_opt state and on states nested in ``optax.chain``,
-    ``optax.inject_hyperparams`` and similar wrappers. A state with no so_opt
-    component gives zeros.
+    Works on a single so_opt state and on states nested in ``optax.chain``
+    and other combinators that keep their inner states in a pytree. (so_opt
+    optimizers do not support ``optax.inject_hyperparams``: their
+    hyperparameters are checked in Python when the optimizer is built.) A
+    state with no so_opt component gives zeros.
 
     Args:
       state: any optimizer state pytree.
@@ -185,18 +187,56 @@ def check_float_params(params: PyTree, name: str = "params") -> None:
             )
 
 
+def check_real(value: Any, name: str) -> None:
+    """Raises ``TypeError`` unless ``value`` is a real number (not a bool).
+
+    Python and numpy numbers count, and so do 0-d numeric arrays.
+    """
+    if isinstance(value, bool | np.bool_):
+        ok = False
+    elif isinstance(value, numbers.Real):
+        ok = True
+    else:
+        dtype = getattr(value, "dtype", None)
+        ok = (
+            dtype is not None
+            and np.ndim(value) == 0
+            and (
+                jnp.issubdtype(dtype, jnp.floating)
+                or jnp.issubdtype(dtype, jnp.integer)
+            )
+        )
+    if not ok:
+        raise TypeError(
+            f"`{name}` must be a real number, got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+
+
 def check_in_open_interval(value: float, name: str, low: float, high: float) -> None:
-    """Raises ``ValueError`` unless ``low < value < high``."""
+    """Raises unless ``value`` is a real number with ``low < value < high``.
+
+    ``TypeError`` for a value that is not a real number, ``ValueError`` for
+    one outside the interval.
+    """
+    check_real(value, name)
     if not low < value < high:
         raise ValueError(f"`{name}` must be in ({low}, {high}), got {value}.")
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
-    """Raises ``ValueError`` unless ``value > 0`` (or ``>= 0`` if allowed)."""
+    """Raises unless ``value`` is a finite real ``> 0`` (or ``>= 0`` if allowed).
+
+    ``TypeError`` for a value that is not a real number, ``ValueError`` for
+    one that is not finite or out of range.
+    """
+    check_real(value, name)
     ok = value >= 0 if allow_zero else value > 0
+    bound = ">= 0" if allow_zero else "> 0"
     if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be {bound}, got {value}.")
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite and {bound}, got {value}.")
 
 
 def check_int_at_least(value: int, name: str, low: int) -> None:
@@ -219,6 +259,7 @@ def params_dtype(params: PyTree) -> jnp.dtype:
 
 
 def check_not_below(value: float, name: str, bound: float, bound_name: str) -> None:
-    """Raises ``ValueError`` unless ``value >= bound`` (another argument)."""
+    """Raises unless ``value`` is a real number ``>= bound`` (another argument)."""
+    check_real(value, name)
     if not value >= bound:
         raise ValueError(f"`{name}` must be >= `{bound_name}` ({bound}), got {value}.")

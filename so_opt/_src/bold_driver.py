@@ -46,7 +46,8 @@ def bold_driver(
       (u, \eta) \leftarrow \begin{cases}
         (x^+ - x,\ \rho^+ \eta) & f(x^+) < f(x) \\
         (x^+ - x,\ \eta) & f(x^+) = f(x) \\
-        (0,\ \rho^- \eta) & f(x^+) > f(x) \text{ or not finite.}
+        (0,\ \rho^- \eta) & f(x^+) > f(x),\ f(x^+) \text{ or } x^+ - x
+          \text{ not finite.}
       \end{cases}
 
     A rejected step is undone before it is applied: the update is exactly 0,
@@ -119,7 +120,11 @@ def bold_driver(
 
         step = otu.tree_scale(-rate, updates)
         trial = jnp.asarray(fn(otu.tree_add(params, step)), rate.dtype)
-        accepted = finite & jnp.isfinite(trial) & (trial <= value)
+        # A step that overflowed is refused even where ``value_fn`` is finite.
+        step_finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(s)) for s in jax.tree.leaves(step)])
+        )
+        accepted = finite & step_finite & jnp.isfinite(trial) & (trial <= value)
         lowered = accepted & (trial < value)
         new_rate = jnp.where(
             lowered,

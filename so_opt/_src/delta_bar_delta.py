@@ -33,7 +33,7 @@ def delta_bar_delta(
     phi: float = 0.1,
     theta: float = 0.7,
     max_learning_rate: float | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Per-parameter rates that grow additively and shrink multiplicatively.
 
     With :math:`\delta_t` the gradient and :math:`\bar\delta` its running
@@ -56,7 +56,8 @@ def delta_bar_delta(
       max_learning_rate: optional upper bound on every rate.
 
     Returns:
-      An ``optax.GradientTransformation`` giving the update (sign included).
+      An ``optax.GradientTransformationExtraArgs`` giving the update (sign
+      included); extra arguments of ``update`` are accepted and ignored.
 
     Raises:
       ValueError: for a hyperparameter outside its range.
@@ -103,8 +104,8 @@ def delta_bar_delta(
         grown = jnp.minimum(rate + kappa, cap)
         return jnp.where(agree > 0, grown, jnp.where(agree < 0, rate * (1 - phi), rate))
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # extra args are accepted and unused
         tree_map = jax.tree_util.tree_map
         rates = tree_map(rate_leaf, state.learning_rate, state.grad_average, updates)
         average = tree_map(
@@ -113,4 +114,4 @@ def delta_bar_delta(
         new_updates = tree_map(lambda r, g: -r * g, rates, updates)
         return new_updates, state._replace(learning_rate=rates, grad_average=average)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

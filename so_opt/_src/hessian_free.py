@@ -343,7 +343,8 @@ def hessian_free(
 
     Raises:
       ValueError: for an unknown ``curvature``, a negative or zero
-        ``damping``, ``max_cg_steps < 1`` or other out-of-range constants.
+        ``damping``, ``max_cg_steps < 1``, ``min_damping > max_damping`` or
+        other out-of-range constants.
       TypeError: in ``update``, when a required extra argument is missing.
 
     Examples:
@@ -373,6 +374,7 @@ def hessian_free(
         raise ValueError(f"`damping_factor` must be > 1, got {damping_factor}.")
     base.check_positive(min_damping, "min_damping", allow_zero=True)
     base.check_positive(max_damping, "max_damping")
+    base.check_not_below(max_damping, "max_damping", min_damping, "min_damping")
     base.check_int_at_least(max_cg_steps, "max_cg_steps", 1)
     if cg_tol is not None:
         base.check_positive(cg_tol, "cg_tol", allow_zero=True)

@@ -248,6 +248,7 @@ def lbfgs(
 
     Raises:
       ValueError: for hyperparameters out of range.
+      TypeError: in ``init``, for params whose leaves mix floating dtypes.
 
     Examples:
       >>> import jax, jax.numpy as jnp, so_opt
@@ -276,6 +277,13 @@ def lbfgs(
 
     def init_fn(params):
         base.check_float_params(params)
+        dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
+        if len(dtypes) > 1:
+            # The two-loop recursion carries its scalars in one dtype.
+            raise TypeError(
+                "`params` of `lbfgs` must hold leaves of one floating dtype; got "
+                f"leaves of dtypes {', '.join(dtypes)}. Cast them to one dtype."
+            )
         dtype = params_dtype(params)
         memory = jax.tree.map(
             lambda p: jnp.zeros((memory_size, *jnp.shape(p)), jnp.result_type(p)),

@@ -19,20 +19,24 @@ class NewbobState(NamedTuple):
       learning_rate: rate of the current epoch.
       prev_monitored: monitored loss of the previous epoch (``inf`` before
         one).
+      best_monitored: lowest monitored loss of any epoch (``inf`` before one).
       improvement: relative improvement measured at the last epoch boundary.
       ramping: whether the rate is being cut every epoch.
-      should_stop: whether the improvement fell under ``stop_threshold``
-        while ramping; the status is then ``CONVERGED``.
+      should_stop: whether, while ramping, the monitored loss changed by less
+        than ``stop_threshold`` (relative) and was not worse than the best
+        by more than that; the status is then ``CONVERGED``.
       epochs: epoch boundaries seen.
       count: updates since the last epoch boundary.
       value_sum: sum of their ``value`` arguments (the monitored loss, as a
         mean, when no ``heldout_value`` is passed).
       costs: work counters (the rule itself evaluates nothing).
-      status: ``CONVERGED`` once ``should_stop`` is set.
+      status: ``NON_FINITE`` after a non-finite input or step, else
+        ``CONVERGED`` once ``should_stop`` is set.
     """
 
     learning_rate: jax.Array
     prev_monitored: jax.Array
+    best_monitored: jax.Array
     improvement: jax.Array
     ramping: jax.Array
     should_stop: jax.Array
@@ -79,6 +83,17 @@ def _monitored(state, extra_args, steps_per_epoch, dtype):
     return monitored, new_epoch, value_sum
 
 
+def _all_finite(tree: base.PyTree) -> jax.Array:
+    """Whether every entry of every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _rate_after(new_epoch: jax.Array, rate: jax.Array, state: NewbobState):
+    """The rate of this update: the new epoch's rate on a boundary."""
+    return jnp.where(new_epoch, rate, state.learning_rate).astype(rate.dtype)
+
+
 def newbob(
     learning_rate: float = 0.1,
     start_threshold: float = 0.005,
@@ -99,8 +114,14 @@ def newbob(
       \text{factor} \cdot \eta_{e-1} & \text{ramping,} \end{cases}
       \qquad u = -\eta_e \nabla f .
 
-    When a ramping epoch improves by less than ``stop_threshold`` the state
-    sets ``should_stop`` and reports ``StatusCode.CONVERGED``.
+    When the monitored loss of a ramping epoch moves by less than
+    ``stop_threshold`` (relative, :math:`|r_e|`) and is within that much of
+    the best monitored loss so far, the state sets ``should_stop`` and
+    reports ``StatusCode.CONVERGED``. A larger rise, or a loss stuck above an
+    earlier best (a run that diverged), is no convergence: the rate keeps
+    being cut and no stop is claimed. A non-finite ``value``,
+    ``heldout_value``, gradient or step gives a zero update and
+    ``StatusCode.NON_FINITE``, and leaves the schedule unchanged.
 
     Feeding it, through extra arguments of ``update``:
 
@@ -158,6 +179,7 @@ def newbob(
         return NewbobState(
             learning_rate=jnp.asarray(learning_rate, dtype),
             prev_monitored=jnp.asarray(jnp.inf, dtype),
+            best_monitored=jnp.asarray(jnp.inf, dtype),
             improvement=jnp.asarray(jnp.inf, dtype),
             ramping=jnp.asarray(False),
             should_stop=jnp.asarray(False),
@@ -178,26 +200,52 @@ def newbob(
         # Relative improvement, then the ramp and stop decisions of the rule.
         gain = relative_improvement(state.prev_monitored, monitored)
         ramping = state.ramping | (gain < start_threshold)
-        stop = state.should_stop | (state.ramping & (gain < stop_threshold))
+        # Only a loss that stays put, at its best so far, asks to stop: a rise
+        # is a regression (a diverging run), not convergence.
+        from_best = relative_improvement(state.best_monitored, monitored)
+        stalled = (jnp.abs(gain) < stop_threshold) & (from_best > -stop_threshold)
+        stop = state.should_stop | (state.ramping & stalled)
         rate = jnp.where(ramping, state.learning_rate * factor, state.learning_rate)
+
+        # A non-finite value, held-out value, gradient or step gives a zero
+        # update and NON_FINITE, and leaves the schedule as it was.
+        step = otu.tree_scale(-_rate_after(new_epoch, rate, state), updates)
+        finite = _all_finite(step) & _all_finite(updates)
+        if extra_args.get("value") is not None:
+            finite = finite & jnp.isfinite(jnp.asarray(extra_args["value"]))
+        if extra_args.get("heldout_value") is not None:
+            # Only the boundary's held-out value is read.
+            finite = finite & (~new_epoch | jnp.isfinite(monitored))
+        new_epoch = new_epoch & finite
 
         on_epoch = lambda new, old: jnp.where(new_epoch, new, old).astype(old.dtype)
         should_stop = on_epoch(stop, state.should_stop)
         code = jnp.where(
             should_stop, base.StatusCode.CONVERGED, base.StatusCode.RUNNING
         )
+        code = jnp.where(finite, code, base.StatusCode.NON_FINITE)
         new_state = NewbobState(
             learning_rate=on_epoch(rate, state.learning_rate),
             prev_monitored=on_epoch(monitored, state.prev_monitored),
+            best_monitored=on_epoch(
+                jnp.minimum(monitored, state.best_monitored), state.best_monitored
+            ),
             improvement=on_epoch(gain, state.improvement),
             ramping=on_epoch(ramping, state.ramping),
             should_stop=should_stop,
             epochs=state.epochs + new_epoch.astype(base.COUNTER_DTYPE),
-            count=jnp.where(new_epoch, 0, state.count + 1).astype(state.count.dtype),
-            value_sum=jnp.where(new_epoch, 0.0, value_sum).astype(dtype),
+            count=jnp.where(
+                new_epoch, 0, jnp.where(finite, state.count + 1, state.count)
+            ).astype(state.count.dtype),
+            value_sum=jnp.where(
+                new_epoch, 0.0, jnp.where(finite, value_sum, state.value_sum)
+            ).astype(dtype),
             costs=state.costs,
             status=base.make_status(code),
         )
-        return otu.tree_scale(-new_state.learning_rate, updates), new_state
+        new_updates = jax.tree_util.tree_map(
+            lambda u: jnp.where(finite, u, jnp.zeros_like(u)), step
+        )
+        return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -220,8 +220,10 @@ def newton(
 
     Raises:
       ValueError: for a negative or zero ``damping``, out-of-range constants,
-        or (in ``init``) when the dense matrices exceed
-        ``memory_budget_bytes``.
+        ``min_damping > max_damping``, or (in ``init``) when the dense
+        matrices exceed ``memory_budget_bytes``.
+      TypeError: in ``init``, for params that are not float32 or float64
+        (LAPACK has no half-precision factorizations).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, so_opt
@@ -245,6 +247,7 @@ def newton(
     base.check_positive(damping, "damping")
     base.check_positive(min_damping, "min_damping", allow_zero=True)
     base.check_positive(max_damping, "max_damping")
+    base.check_not_below(max_damping, "max_damping", min_damping, "min_damping")
     if damping_factor <= 1:
         raise ValueError(f"`damping_factor` must be > 1, got {damping_factor}.")
     base.check_in_open_interval(c1, "c1", 0.0, 1.0)
@@ -258,6 +261,14 @@ def newton(
     def init_fn(params):
         base.check_float_params(params)
         flat, _ = ravel_pytree(params)
+        if flat.dtype not in (jnp.float32, jnp.float64):
+            # The dense factorizations run on LAPACK, which has no kernels for
+            # half-precision floats.
+            raise TypeError(
+                "`params` of `newton` must be float32 or float64 (the dense "
+                f"Hessian is factorized by LAPACK); got dtype {flat.dtype}. "
+                "Cast the params, or use `hessian_free` or `lbfgs`."
+            )
         check_dense_fits(
             flat.shape[0], flat.dtype.itemsize, memory_budget_bytes, saddle_free
         )

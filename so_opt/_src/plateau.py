@@ -7,7 +7,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-import optax.tree_utils as otu
 
 from so_opt._src import base
 
@@ -23,7 +22,8 @@ class ReduceOnPlateauState(NamedTuple):
       count: losses accumulated towards the next average.
       value_sum: sum of the accumulated losses.
       costs: work counters (the rule itself evaluates nothing).
-      status: always ``RUNNING``.
+      status: ``NON_FINITE`` when the last ``value`` or update was not
+        finite (the update is then zero and nothing is counted).
     """
 
     scale: jax.Array
@@ -68,8 +68,9 @@ def reduce_on_plateau(
 
     and after ``patience`` means without improvement the scale becomes
     :math:`\max(\text{factor} \cdot \text{scale}, \text{min\_scale})`, followed
-    by ``cooldown`` means that are not counted. A non-finite mean never
-    improves. ``optax.contrib.reduce_on_plateau`` (0.2.8) multiplies the
+    by ``cooldown`` means that are not counted. A non-finite ``value`` or
+    incoming update gives a zero update and status ``NON_FINITE`` and is not
+    counted. ``optax.contrib.reduce_on_plateau`` (0.2.8) multiplies the
     tolerance by ``best`` rather than :math:`|best|`; for a negative loss every
     flat value then counts as an improvement and the scale never drops (flat
     -1.0 for five updates, patience 1: optax keeps 1.0, this rule gives
@@ -133,9 +134,15 @@ def reduce_on_plateau(
         del params
         value = base.extra_arg(extra_args, "value", "reduce_on_plateau")
         dtype = state.scale.dtype
-        value_sum = state.value_sum + jnp.asarray(value, dtype)
-        count = state.count + 1
-        full = count >= accumulation_size
+        value = jnp.asarray(value, dtype)
+        # A non-finite value or update gives a zero update and NON_FINITE and
+        # is not counted: the state is left as it was.
+        finite = jnp.isfinite(value) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)])
+        )
+        value_sum = state.value_sum + jnp.where(finite, value, 0.0)
+        count = state.count + finite.astype(state.count.dtype)
+        full = finite & (count >= accumulation_size)
         mean = value_sum / count.astype(dtype)
 
         better = improves(mean, state.best_value, rtol, atol)
@@ -162,8 +169,14 @@ def reduce_on_plateau(
             count=jnp.where(full, 0, count).astype(base.COUNTER_DTYPE),
             value_sum=jnp.where(full, 0.0, value_sum).astype(dtype),
             costs=state.costs,
-            status=state.status,
+            status=base.make_status(
+                jnp.where(finite, base.StatusCode.RUNNING, base.StatusCode.NON_FINITE)
+            ),
         )
-        return otu.tree_scale(new_state.scale, updates), new_state
+        new_updates = jax.tree_util.tree_map(
+            lambda u: jnp.where(finite, new_state.scale.astype(u.dtype) * u, 0.0),
+            updates,
+        )
+        return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -48,7 +48,7 @@ def rprop(
     eta_plus: float = 1.2,
     min_learning_rate: float = 1e-6,
     max_learning_rate: float = 50.0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rprop in its iRprop- form: per-parameter steps driven by gradient signs.
 
     For each parameter, with :math:`p = \operatorname{sign}(g_t)
@@ -78,7 +78,8 @@ def rprop(
       max_learning_rate: upper bound on a step size.
 
     Returns:
-      An ``optax.GradientTransformation`` giving the update (sign included).
+      An ``optax.GradientTransformationExtraArgs`` giving the update (sign
+      included); extra arguments of ``update`` are accepted and ignored.
 
     Raises:
       ValueError: for a hyperparameter outside its range.
@@ -123,8 +124,8 @@ def rprop(
             status=base.ok_status(),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # extra args are accepted and unused
         leaf = lambda g, pg, s: _rprop_leaf(
             g, pg, s, eta_minus, eta_plus, min_learning_rate, max_learning_rate
         )
@@ -137,4 +138,4 @@ def rprop(
         new_state = RpropState(step_size, prev_grad, state.costs, state.status)
         return new_updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
