@@ -13,8 +13,10 @@ import datetime
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import jax
 
 from experiments import provenance
 from so_opt import runner
@@ -55,6 +57,33 @@ def run_directory(out: str, run_id: str | None, study: str) -> str:
     directory = os.path.join(out, run_id)
     os.makedirs(directory, exist_ok=True)
     return directory
+
+
+def start(
+    parser: argparse.ArgumentParser,
+    make_config: Callable[[argparse.Namespace], dict],
+    argv: Sequence[str] | None,
+    study: str,
+) -> tuple[argparse.Namespace, dict, str]:
+    """Parses and validates the options, then creates the run directory.
+
+    A bad option is reported through ``parser.error`` (usage, message, exit
+    code 2) before any directory is made or any work starts.
+
+    Returns:
+      The parsed arguments, the validated config and the run directory.
+    """
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = make_config(args)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    directory = run_directory(args.out, args.run_id, study)
+    logging.getLogger(f"experiments.{study}").info(
+        "backend %s; config %s", jax.devices(), config
+    )
+    return args, config, directory
 
 
 def save_results(directory: str, study: str, config: dict, **parts: Any) -> dict:

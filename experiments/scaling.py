@@ -635,15 +635,9 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Command-line entry point; returns the result directory."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    outputs.setup_logging(args.log_level)
-    try:
-        config = make_config(args)
-    except (ValueError, TypeError) as error:
-        parser.error(str(error))
-    directory = outputs.run_directory(args.out, args.run_id, "scaling")
-    logger.info("backend %s; config %s", jax.devices(), config)
+    args, config, directory = outputs.start(
+        build_parser(), make_config, argv, "scaling"
+    )
     records = measure(config, progress=not args.no_progress)
     device_stats = jax.devices()[0].memory_stats()
     results = outputs.save_results(

@@ -326,15 +326,9 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Command-line entry point; returns the result directory."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    outputs.setup_logging(args.log_level)
-    try:
-        config = make_config(args)
-    except (ValueError, TypeError) as error:
-        parser.error(str(error))
-    directory = outputs.run_directory(args.out, args.run_id, "spectrum")
-    logger.info("backend %s; config %s", jax.devices(), config)
+    args, config, directory = outputs.start(
+        build_parser(), make_config, argv, "spectrum"
+    )
     measured = train_and_probe(config, progress=not args.no_progress)
     results = outputs.save_results(directory, "spectrum", config, **measured)
     text = report(directory, results)
