@@ -386,3 +386,9 @@ def test_rate_given_as_a_string_or_infinite_is_refused():
         so_opt.armijo_sgd(learning_rate="0.1")
     with pytest.raises(ValueError, match=r"`learning_rate` must be finite and > 0"):
         so_opt.armijo_sgd(learning_rate=float("inf"))
+
+
+@pytest.mark.parametrize("name", ["growth", "momentum"])
+def test_growth_and_momentum_given_as_strings_are_refused(name):
+    with pytest.raises(TypeError, match=rf"`{name}` must be a real number, got '2'"):
+        so_opt.armijo_sgd(**{name: "2"})

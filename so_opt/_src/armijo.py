@@ -285,6 +285,7 @@ def scale_by_armijo(
         max_backtracks = default_backtracks(shrink)
     base.check_int_at_least(max_backtracks, "max_backtracks", 0)
     _check_choice(reset, "reset", RESETS)
+    base.check_real(growth, "growth")
     if not growth >= 1.0:
         raise ValueError(f"`growth` must be >= 1, got {growth}.")
     if max_learning_rate is None:
@@ -435,6 +436,7 @@ def armijo_sgd(
       Vaswani et al., *Painless stochastic gradient: interpolation,
       line-search, and convergence rates*, NeurIPS 2019.
     """
+    base.check_real(momentum, "momentum")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
     # Without momentum the direction is -grad by construction: no descent test.
