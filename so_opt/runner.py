@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from so_opt import sharding
@@ -79,6 +80,11 @@ class RunSettings:
             base.check_positive(self.max_seconds, "max_seconds")
         if self.max_grad_equivalents is not None:
             base.check_positive(self.max_grad_equivalents, "max_grad_equivalents")
+
+
+def _own_counts(state: Any) -> tuple[int, int, int]:
+    """The optimizer's value, gradient and HVP counts, in one device transfer."""
+    return tuple(int(n) for n in np.asarray(base.costs(state).counts))
 
 
 def _wrap(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -241,8 +247,8 @@ def run(
             peer_grads += int(peer_grad_evals(state))
         value = float(value)
         record = settings.regime == "full" or steps % settings.eval_every == 0
+        own_values, own_grads, own_hvps = _own_counts(state)
         if record or steps == settings.max_steps:
-            own = base.costs(state)
             history["step"].append(steps)
             history["seconds"].append(seconds)
             history["loss"].append(value)
@@ -251,11 +257,9 @@ def run(
                 history["train_loss"].append(value)
             else:
                 history["train_loss"].append(float(full_eval(params, problem.train)))
-            history["value_evals"].append(int(own.value_evals))
-            history["grad_evals"].append(
-                driver_grads + peer_grads + int(own.grad_evals)
-            )
-            history["hvp_evals"].append(int(own.hvp_evals))
+            history["value_evals"].append(own_values)
+            history["grad_evals"].append(driver_grads + peer_grads + own_grads)
+            history["hvp_evals"].append(own_hvps)
         if progress is not None:
             progress(1)
         if not math.isfinite(value):
@@ -269,12 +273,8 @@ def run(
             status = "max_seconds"
             break
         if settings.max_grad_equivalents is not None:
-            own = base.costs(state)
             work = gradient_equivalents(
-                int(own.value_evals),
-                driver_grads + peer_grads + int(own.grad_evals),
-                int(own.hvp_evals),
-                cost_ratios,
+                own_values, driver_grads + peer_grads + own_grads, own_hvps, cost_ratios
             )
             if work >= settings.max_grad_equivalents:
                 status = "max_grad_equivalents"
@@ -287,11 +287,11 @@ def run(
             "that compilation time is in the recorded seconds"
         )
     final = problem.metrics(params)
-    own = base.costs(state)
+    own_values, own_grads, own_hvps = _own_counts(state)
     costs = {
-        "value_evals": int(own.value_evals),
-        "grad_evals": driver_grads + peer_grads + int(own.grad_evals),
-        "hvp_evals": int(own.hvp_evals),
+        "value_evals": own_values,
+        "grad_evals": driver_grads + peer_grads + own_grads,
+        "hvp_evals": own_hvps,
     }
     logger.debug("run finished: %d steps, %.2fs, %s", steps, seconds, status)
     return {

@@ -55,7 +55,7 @@ class Costs(NamedTuple):
     def __repr__(self) -> str:
         try:
             value, grad, hvp = (int(c) for c in self.counts)
-        except (TypeError, jax.errors.ConcretizationTypeError):
+        except TypeError:  # traced counts (jax's conversion errors subclass it)
             return f"Costs(counts={self.counts!r})"
         return f"Costs(value_evals={value}, grad_evals={grad}, hvp_evals={hvp})"
 
@@ -105,7 +105,7 @@ def costs(state: PyTree) -> Costs:
     ]
     if not found:
         return zero_costs()
-    return Costs(sum(record.counts for record in found[1:]) + found[0].counts)
+    return Costs(sum((record.counts for record in found[1:]), found[0].counts))
 
 
 class StatusCode(enum.IntEnum):

@@ -169,7 +169,7 @@ def bfgs(
 
     def init_fn(params):
         base.check_float_params(params)
-        dtype = lbfgs_lib.params_dtype(params)
+        dtype = base.params_dtype(params)
         k = ravel_pytree(params)[0].size
         check_dense_size(k, dtype, memory_budget_bytes)
         return BFGSState(

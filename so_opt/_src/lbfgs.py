@@ -45,17 +45,6 @@ class LBFGSState(NamedTuple):
     status: base.Status
 
 
-def params_dtype(params: base.Params) -> jnp.dtype:
-    """The common floating dtype of a params pytree."""
-    return jnp.result_type(*jax.tree_util.tree_leaves(params))
-
-
-def steepest_direction(grad: base.PyTree) -> base.PyTree:
-    """:math:`-g \\min(1, 1/\\|g\\|)`: the first step is at most of unit length."""
-    norm = otu.tree_norm(grad)
-    return otu.tree_scale(-jnp.minimum(1.0, 1.0 / norm).astype(norm.dtype), grad)
-
-
 def curvature_ok(sy, s_norm, y_norm, rtol) -> jax.Array:
     """Whether a pair's :math:`s^\\top y` is safely positive relative to |s||y|."""
     return jnp.isfinite(sy) & (sy > rtol * s_norm * y_norm) & (s_norm > 0)
@@ -79,7 +68,7 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
     Returns ``(result, updates, reset flag)``: the updates are the accepted
     step :math:`\\eta d` in the dtypes of ``params``.
     """
-    dtype = params_dtype(params)
+    dtype = base.params_dtype(params)
     # |g|^2, <g, d> and |d|^2 from one product of the stacked pair.
     gram = tree_rows.gram(tree_rows.stack(grad, direction), dtype)
     g_sq, slope, d_sq = gram[0, 0], gram[0, 1], gram[1, 1]
@@ -103,13 +92,9 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
         restart_scale=scale,
         **kw,
     )
-    # The same expression as the accepted trial, so the cached value matches.
-    t = out.result.learning_rate
-    updates = jax.tree.map(
-        lambda p, d, g: (t * (out.a * d + out.b * g)).astype(p.dtype),
-        params,
-        direction,
-        grad,
+    # The accepted trial's own step, so the cached value and gradient match.
+    updates = wolfe_loop.trial_step(
+        out.result.learning_rate, out.a, out.b, params, direction, grad
     )
     return out.result, updates, ~descent | out.restarted
 
@@ -284,7 +269,7 @@ def lbfgs(
                 "`params` of `lbfgs` must hold leaves of one floating dtype; got "
                 f"leaves of dtypes {', '.join(dtypes)}. Cast them to one dtype."
             )
-        dtype = params_dtype(params)
+        dtype = base.params_dtype(params)
         memory = jax.tree.map(
             lambda p: jnp.zeros((memory_size, *jnp.shape(p)), jnp.result_type(p)),
             params,

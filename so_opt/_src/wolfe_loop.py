@@ -94,6 +94,17 @@ def _secant_lower(f, f_ref, dt, slope, d_ref, noise, bound):
     return within & (0.5 * dt * (slope + d_ref) <= bound) & jnp.isfinite(slope)
 
 
+def trial_step(t, a, b, params, direction, grad) -> base.Updates:
+    """The step :math:`t (a d + b g)` of a trial, in the dtypes of ``params``.
+
+    Callers that turn an accepted trial into updates use this same expression,
+    so that ``params + updates`` is the point whose value the search cached.
+    """
+    return jax.tree.map(
+        lambda p, d, g: (t * (a * d + b * g)).astype(p.dtype), params, direction, grad
+    )
+
+
 class _Search(NamedTuple):
     """Loop carry of the line search.
 
@@ -294,12 +305,7 @@ def search(
     vg = jax.value_and_grad(value_fn, has_aux=has_aux)
 
     def evaluate(t, a, b):
-        trial = jax.tree.map(
-            lambda p, d, g: p + (t * (a * d + b * g)).astype(p.dtype),
-            params,
-            direction,
-            grad,
-        )
+        trial = otu.tree_add(params, trial_step(t, a, b, params, direction, grad))
         out, g = vg(trial)
         f, aux = out if has_aux else (out, None)
         g = otu.tree_cast_like(g, grad)
