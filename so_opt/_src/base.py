@@ -69,10 +69,25 @@ def add_costs(
     costs: Costs, value_evals: Any = 0, grad_evals: Any = 0, hvp_evals: Any = 0
 ) -> Costs:
     """Returns ``costs`` with the given counts added, keeping the counter dtype."""
-    added = jnp.stack(
-        [jnp.asarray(n, COUNTER_DTYPE) for n in (value_evals, grad_evals, hvp_evals)]
-    )
+    added = pack_scalars((value_evals, grad_evals, hvp_evals), COUNTER_DTYPE)
     return Costs(costs.counts + added)
+
+
+def pack_scalars(values: Any, dtype: Any) -> jax.Array:
+    """Stacks scalars into one vector of ``dtype`` that XLA:CPU builds in one kernel.
+
+    The vector is assembled by selects against its index rather than by
+    ``jnp.stack``: a stack of computed scalars compiles on XLA:CPU to one
+    kernel per scalar plus a concatenate, and a dozen tiny kernels ready at
+    once make the thunk executor hand half of them to its thread pool, which
+    costs more than the kernels do. The selects, with the scalar arithmetic
+    feeding them, fuse into one kernel.
+    """
+    index = jnp.arange(len(values))
+    vec = jnp.zeros(len(values), dtype)
+    for i, value in enumerate(values):
+        vec = jnp.where(index == i, jnp.asarray(value).astype(dtype), vec)
+    return vec
 
 
 def costs(state: PyTree) -> Costs:
@@ -179,7 +194,10 @@ def check_float_params(params: PyTree, name: str = "params") -> None:
     if not leaves:
         raise ValueError(f"`{name}` must hold at least one array, got {params!r}.")
     for leaf in leaves:
-        dtype = jnp.result_type(leaf)
+        # An array's own dtype is read directly: jnp.result_type costs tens of
+        # microseconds per call, which a short jitted run would notice.
+        dtype = getattr(leaf, "dtype", None)
+        dtype = jnp.result_type(leaf) if dtype is None else dtype
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
                 f"`{name}` must hold floating-point arrays, got a leaf of dtype "

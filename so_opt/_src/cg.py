@@ -204,6 +204,7 @@ def truncated_cg(
     *,
     max_steps: int = 250,
     tol: float = 1e-10,
+    atol: jax.typing.ArrayLike = 0.0,
     progress_tol: float = 5e-4,
     precond: Callable[[Any], Any] | None = None,
     radius: jax.typing.ArrayLike | None = None,
@@ -217,7 +218,8 @@ def truncated_cg(
     .. math::
       \phi(x) = \tfrac12 x^\top A x - b^\top x
 
-    and stops at the first of: :math:`\|b - A x_i\| \le` ``tol`` :math:`\|b\|`;
+    and stops at the first of: :math:`\|b - A x_i\| \le \max(`
+    ``tol`` :math:`\|b\|,` ``atol`` :math:`)`;
     Martens' relative-progress rule, with :math:`w = \max(10, \lfloor i/10
     \rfloor)`,
 
@@ -239,6 +241,9 @@ def truncated_cg(
         zeros.
       max_steps: cap on CG iterations, at least 1.
       tol: relative residual tolerance (>= 0).
+      atol: absolute residual tolerance (>= 0): a floor under the relative
+        one, so that a solve asked for far more accuracy than its caller
+        can use (a Newton system near the outer tolerance) stops early.
       progress_tol: :math:`\epsilon` of the relative-progress rule; 0 turns
         the rule off.
       precond: :math:`r \mapsto M^{-1} r` for a positive definite :math:`M`.
@@ -251,7 +256,8 @@ def truncated_cg(
       A :class:`CGResult`.
 
     Raises:
-      ValueError: if ``max_steps < 1``, ``tol < 0`` or ``progress_tol < 0``.
+      ValueError: if ``max_steps < 1``, ``tol < 0``, ``atol < 0`` or
+        ``progress_tol < 0``.
 
     Examples:
       >>> import jax.numpy as jnp, so_opt
@@ -268,6 +274,8 @@ def truncated_cg(
     base.check_int_at_least(max_steps, "max_steps", 1)
     if isinstance(tol, (int, float)):
         base.check_positive(tol, "tol", allow_zero=True)
+    if isinstance(atol, (int, float)):
+        base.check_positive(atol, "atol", allow_zero=True)
     base.check_positive(progress_tol, "progress_tol", allow_zero=True)
     if save_growth <= 1:
         raise ValueError(f"`save_growth` must be > 1, got {save_growth}.")
@@ -291,7 +299,7 @@ def truncated_cg(
         phi0 = jnp.where(cold, 0.0, phi0)
     z0 = precond(r0)
     rz0 = otu.tree_vdot(r0, z0)
-    tol_sq = (tol**2) * otu.tree_vdot(b, b)
+    tol_sq = jnp.maximum((tol**2) * otu.tree_vdot(b, b), jnp.square(atol))
     if radius is not None:
         radius = jnp.asarray(radius, dtype)
 

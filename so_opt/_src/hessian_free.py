@@ -55,6 +55,7 @@ class _Config(NamedTuple):
     damping_bounds: tuple[float, float]
     max_cg_steps: int
     cg_tol: float | None
+    cg_atol: float
     progress_tol: float
     warm_start_decay: float
     backtrack_iterates: bool
@@ -184,6 +185,7 @@ def _hf_update(config: _Config, state, params, extra_args):
         warm,
         max_steps=config.max_cg_steps,
         tol=tol,
+        atol=config.cg_atol,
         progress_tol=config.progress_tol,
         precond=precond,
         radius=radius,
@@ -271,6 +273,7 @@ def hessian_free(
     max_damping: float = 1e10,
     max_cg_steps: int = 250,
     cg_tol: float | None = None,
+    cg_atol: float = 0.0,
     progress_tol: float = 5e-4,
     warm_start_decay: float = 0.95,
     backtrack_iterates: bool = True,
@@ -294,7 +297,9 @@ def hessian_free(
       q(s) = g^\top s + \tfrac12 s^\top (C + \lambda I) s ,
 
     stopping on Martens' relative-progress rule, on the residual tolerance
-    (``cg_tol``, or :math:`\min(\tfrac12, \sqrt{\|g\|})` when None), on
+    :math:`\|r\| \le \max(\eta \|g\|, \epsilon_a)` (:math:`\eta` is
+    ``cg_tol``, or the forcing term :math:`\min(\tfrac12, \sqrt{\|g\|})`
+    when None; :math:`\epsilon_a` is ``cg_atol``), on
     ``max_cg_steps``, or, for the Hessian, on negative curvature or the trust
     radius (Steihaug). It then backtracks over the CG iterates saved at steps
     :math:`\lceil 1.3^j \rceil` while the value drops, sets :math:`\lambda`
@@ -323,6 +328,12 @@ def hessian_free(
       max_damping: upper bound on :math:`\lambda`.
       max_cg_steps: cap on CG iterations per step, at least 1.
       cg_tol: relative CG residual tolerance, or None for the forcing term.
+      cg_atol: absolute CG residual floor >= 0. After a full step the new
+        gradient is about the CG residual, so when the run stops at a
+        gradient norm ``gtol`` (:func:`so_opt.minimize`), ``cg_atol`` of
+        about ``gtol / 2`` spares the last solve the accuracy that the
+        forcing term would ask and the stopping test cannot use. 0 (the
+        default) keeps the forcing term alone.
       progress_tol: :math:`\epsilon` of the relative-progress rule (0: off).
       warm_start_decay: factor in [0, 1] applied to the last CG solution.
       backtrack_iterates: backtrack over saved CG iterates.
@@ -378,6 +389,7 @@ def hessian_free(
     base.check_int_at_least(max_cg_steps, "max_cg_steps", 1)
     if cg_tol is not None:
         base.check_positive(cg_tol, "cg_tol", allow_zero=True)
+    base.check_positive(cg_atol, "cg_atol", allow_zero=True)
     base.check_positive(progress_tol, "progress_tol", allow_zero=True)
     if not 0 <= warm_start_decay <= 1:
         raise ValueError(
@@ -401,6 +413,7 @@ def hessian_free(
         damping_bounds=(min_damping, max_damping),
         max_cg_steps=max_cg_steps,
         cg_tol=cg_tol,
+        cg_atol=cg_atol,
         progress_tol=progress_tol,
         warm_start_decay=warm_start_decay,
         backtrack_iterates=backtrack_iterates,

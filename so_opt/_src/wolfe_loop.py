@@ -145,10 +145,10 @@ def _pack(carry: _Search, dtype) -> tuple[jax.Array, base.PyTree, Any]:
 
     Each field of a loop carry is a buffer of its own, and every buffer that
     a trial rewrites costs a kernel; one vector of all the scalars is written
-    by a single fused kernel. Counters and flags are small integers, exact
-    in any float dtype.
+    by a single fused kernel (:func:`so_opt._src.base.pack_scalars`).
+    Counters and flags are small integers, exact in any float dtype.
     """
-    vec = jnp.stack([jnp.asarray(getattr(carry, k)).astype(dtype) for k in _SCALARS])
+    vec = base.pack_scalars([getattr(carry, k) for k in _SCALARS], dtype)
     return vec, carry.g_best, carry.aux
 
 
