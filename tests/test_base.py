@@ -1,5 +1,7 @@
-"""Shared argument checks: what counts as an integer hyperparameter."""
+"""Shared helpers: argument checks (integers, reals) and scalar packing."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -55,3 +57,13 @@ def test_costs_docstring_makes_no_inject_hyperparams_claim():
     # so optax.inject_hyperparams cannot drive them; the docstring says so.
     doc = so_opt.costs.__doc__
     assert "do not support ``optax.inject_hyperparams``" in doc
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pack_scalars_keeps_every_value_in_place(dtype):
+    from so_opt._src.base import pack_scalars
+
+    values = [3, True, False, -0.5, np.inf, -np.inf, np.nan, jnp.int32(7)]
+    packed = jax.jit(lambda: pack_scalars(values, dtype))()
+    assert packed.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(packed, np.asarray(values, dtype))

@@ -108,9 +108,30 @@ def test_warm_start_costs_one_product_and_zero_costs_none():
     [
         ({"max_steps": 0}, "max_steps"),
         ({"tol": -1.0}, "tol"),
+        ({"atol": -1e-8}, "atol"),
         ({"progress_tol": -1e-3}, "progress_tol"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         so_opt.truncated_cg(lambda v: v, jnp.ones(2), **kwargs)
+
+
+@pytest.mark.parametrize("atol", [1e-2, 1e-4])
+def test_absolute_floor_stops_at_the_first_residual_below_it(atol):
+    a, b = _spd(5, 30, 1e3)
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    solve = lambda max_steps=200, **kw: so_opt.truncated_cg(
+        lambda v: a @ v, b, max_steps=max_steps, progress_tol=0.0, **kw
+    )
+    res = solve(tol=1e-12, atol=atol)
+    steps = int(res.num_steps)
+    assert int(res.reason) == CGReason.CONVERGED
+    # The residual is recomputed from the matrix, not read from the solver.
+    assert np.linalg.norm(b - a @ res.x) <= atol * (1 + 1e-6)
+    # One step fewer (no floor, the same iterates) is still above it.
+    before = solve(tol=0.0, max_steps=steps - 1)
+    assert np.linalg.norm(b - a @ before.x) > atol
+    # A floor below the relative tolerance changes nothing.
+    tight = solve(tol=1e-6, atol=1e-12)
+    assert int(tight.num_steps) == int(solve(tol=1e-6).num_steps)

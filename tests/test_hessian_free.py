@@ -76,6 +76,29 @@ def test_reaches_gtol_on_logistic_regression(logreg, logreg_minimum, curvature):
     assert cg <= int(costs.hvp_evals) <= cg + steps
 
 
+def test_cg_floor_at_half_gtol_saves_products_and_still_reaches_gtol(
+    logreg, logreg_minimum
+):
+    # Classical Newton-CG settings (as in scripts/bench_newton.py), float64.
+    fun, params = logreg.value_fn(), logreg.init_params(0)
+    kw = {"damping": 1e-4, "warm_start_decay": 0.0, "backtrack_iterates": False}
+    gtol = 1e-6
+    plain = so_opt.minimize(
+        fun, params, so_opt.hessian_free("hessian", **kw), gtol=gtol
+    )
+    floor = so_opt.minimize(
+        fun, params, so_opt.hessian_free("hessian", cg_atol=gtol / 2, **kw), gtol=gtol
+    )
+    for res in (plain, floor):
+        assert int(res.status) == so_opt.StatusCode.CONVERGED
+        got = jax.flatten_util.ravel_pytree(res.params)[0]
+        np.testing.assert_allclose(got, logreg_minimum, rtol=0, atol=gtol / 1e-2)
+    # The forcing term alone solves the last system far past gtol.
+    assert float(plain.grad_norm) < gtol / 100
+    assert float(floor.grad_norm) > gtol / 100
+    assert int(floor.costs.hvp_evals) < int(plain.costs.hvp_evals)
+
+
 def test_gauss_newton_equals_hessian_when_the_model_is_linear(logreg):
     # The logistic model is linear in the params (the ridge sits in the output
     # loss), so G = H and both modes take the same steps.
@@ -172,6 +195,8 @@ def test_unknown_curvature_lists_the_valid_names():
         ({"damping_factor": 0.5}, "damping_factor"),
         ({"warm_start_decay": 1.5}, "warm_start_decay"),
         ({"cg_tol": -1.0}, "cg_tol"),
+        ({"cg_atol": -1e-7}, "cg_atol"),
+        ({"cg_atol": float("nan")}, "cg_atol"),
         ({"initial_radius": 0.0}, "initial_radius"),
         ({"min_damping": 10.0, "max_damping": 1.0}, "max_damping"),
         ({"max_radius": float("inf")}, "max_radius"),
