@@ -78,3 +78,16 @@ try:
     __version__ = _metadata.version("so-opt")
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
+
+# Submodules above the optimizers (problems and data sets, the runner, sharding)
+# are imported on first use, so that `so_opt.problems` works after a plain
+# `import so_opt` without loading them for users who never touch them.
+_LAZY_SUBMODULES = ("problems", "runner", "sharding")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"so_opt.{name}")
+    raise AttributeError(f"module 'so_opt' has no attribute {name!r}")

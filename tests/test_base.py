@@ -29,7 +29,7 @@ def test_bools_floats_strings_and_small_values_are_refused(memory_size):
         (None, TypeError, r"`learning_rate` must be a real number, got None"),
         (True, TypeError, r"`learning_rate` must be a real number, got True"),
         (float("inf"), ValueError, r"`learning_rate` must be finite and > 0, got inf"),
-        (float("nan"), ValueError, r"`learning_rate` must be > 0, got nan"),
+        (float("nan"), ValueError, r"`learning_rate` must be finite and > 0, got nan"),
     ],
 )
 def test_rates_must_be_finite_positive_real_numbers(value, error, message):
@@ -67,3 +67,10 @@ def test_pack_scalars_keeps_every_value_in_place(dtype):
     packed = jax.jit(lambda: pack_scalars(values, dtype))()
     assert packed.dtype == jnp.dtype(dtype)
     np.testing.assert_array_equal(packed, np.asarray(values, dtype))
+
+
+def test_upper_submodules_are_attributes_of_the_package():
+    assert so_opt.problems.rosenbrock(2).name == "rosenbrock"
+    assert callable(so_opt.runner.run)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        so_opt.nope  # noqa: B018

@@ -109,11 +109,20 @@ def test_warm_start_costs_one_product_and_zero_costs_none():
         ({"max_steps": 0}, "max_steps"),
         ({"tol": -1.0}, "tol"),
         ({"atol": -1e-8}, "atol"),
+        ({"atol": jnp.asarray(-1.0)}, "atol"),
+        ({"atol": float("nan")}, "atol"),
         ({"progress_tol": -1e-3}, "progress_tol"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
+        so_opt.truncated_cg(lambda v: v, jnp.ones(2), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"atol": "x"}, {"atol": None}, {"tol": "x"}])
+def test_tolerances_that_are_not_numbers_name_the_argument(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=f"`{name}` must be a real number"):
         so_opt.truncated_cg(lambda v: v, jnp.ones(2), **kwargs)
 
 

@@ -99,6 +99,19 @@ def test_cg_floor_at_half_gtol_saves_products_and_still_reaches_gtol(
     assert int(floor.costs.hvp_evals) < int(plain.costs.hvp_evals)
 
 
+def test_cg_floor_above_the_gradient_still_moves():
+    # With |g| below cg_atol the floor is capped at |g| / 2: CG still takes a
+    # step and the run keeps converging instead of stalling at zero updates.
+    f = lambda x: jnp.sum((x - 1.0) ** 2) + 0.1 * jnp.sum(x**4)
+    opt = so_opt.hessian_free("hessian", damping=1e-3, cg_atol=1.0)
+    res = so_opt.minimize(f, jnp.zeros(3), opt, max_steps=60, gtol=1e-8)
+    assert int(res.status) == so_opt.StatusCode.CONVERGED
+    # Stationary point of f: 2 (x - 1) + 0.4 x^3 = 0 (scalar root, by numpy).
+    root = np.roots([0.4, 0.0, 2.0, -2.0])
+    root = float(root[np.abs(root.imag) < 1e-12].real[0])
+    np.testing.assert_allclose(res.params, root, rtol=1e-7)
+
+
 def test_gauss_newton_equals_hessian_when_the_model_is_linear(logreg):
     # The logistic model is linear in the params (the ridge sits in the output
     # loss), so G = H and both modes take the same steps.

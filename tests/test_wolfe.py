@@ -247,3 +247,43 @@ def test_missing_value_fn_names_the_argument():
     x = jnp.ones(2)
     with pytest.raises(TypeError, match=r"`value_fn=`.*\.$"):
         opt.update(x, opt.init(x), x, value=1.0, grad=x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"learning_rate": -1.0}, r"`learning_rate` must be > 0, got -1.0\."),
+        ({"learning_rate": float("nan")}, r"`learning_rate` must be finite"),
+        ({"max_learning_rate": 0.0}, r"`max_learning_rate` must be > 0, got 0.0\."),
+        ({"direction": jnp.ones(3)}, r"`direction` must have the leaf shapes"),
+        ({"direction": {"a": jnp.ones(2)}}, r"`direction` must have the tree"),
+    ],
+)
+def test_line_search_arguments_are_checked_before_any_trial(kwargs, match):
+    f = lambda x: jnp.sum(x**2)
+    x = jnp.ones(2)
+    args = {"direction": -x, **kwargs}
+    direction = args.pop("direction")
+    with pytest.raises(ValueError, match=match):
+        so_opt.wolfe_line_search(f, x, direction, 2.0, 2 * x, **args)
+
+
+@pytest.mark.parametrize("make", ["search", "lbfgs"])
+def test_aux_may_hold_python_numbers(make):
+    # A Python int or float in aux is a constant of the trace; it used to
+    # fail the cast of the loop carry.
+    f = lambda x: (jnp.sum((x - 1.0) ** 2), {"n": 3, "scale": 1.0, "x0": x[0]})
+    x = jnp.zeros(2)
+    (value, _), grad = jax.value_and_grad(f, has_aux=True)(x)
+    if make == "search":
+        res = so_opt.wolfe_line_search(f, x, -grad, value, grad, has_aux=True)
+        new_x, aux = x - res.learning_rate * grad, res.aux
+    else:
+        opt = so_opt.lbfgs(has_aux=True)
+        u, state = opt.update(grad, opt.init(x), x, value=value, grad=grad, value_fn=f)
+        new_x, aux = x + u, None
+        assert so_opt.status(state) == StatusCode.RUNNING
+    assert float(f(new_x)[0]) < float(value)
+    if aux is not None:
+        assert int(aux["n"]) == 3 and float(aux["scale"]) == 1.0
+        np.testing.assert_allclose(aux["x0"], new_x[0], rtol=1e-12)

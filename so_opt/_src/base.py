@@ -249,12 +249,41 @@ def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
     one that is not finite or out of range.
     """
     check_real(value, name)
-    ok = value >= 0 if allow_zero else value > 0
     bound = ">= 0" if allow_zero else "> 0"
-    if not ok:
-        raise ValueError(f"`{name}` must be {bound}, got {value}.")
     if not np.isfinite(value):
         raise ValueError(f"`{name}` must be finite and {bound}, got {value}.")
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"`{name}` must be {bound}, got {value}.")
+
+
+def check_positive_unless_traced(
+    value: Any, name: str, allow_zero: bool = False
+) -> None:
+    """:func:`check_positive` for a value that may also be traced under jit.
+
+    A traced value cannot be inspected while tracing, so it is let through;
+    everything else (Python and numpy numbers, concrete 0-d arrays, and wrong
+    kinds such as strings or ``None``) is checked.
+    """
+    if not isinstance(value, jax.core.Tracer):
+        check_positive(value, name, allow_zero)
+
+
+def check_same_shapes(tree: PyTree, like: PyTree, name: str, like_name: str) -> None:
+    """Raises ``ValueError`` unless ``tree`` matches ``like`` in structure, shapes."""
+    structure, like_structure = (jax.tree.structure(t) for t in (tree, like))
+    if structure != like_structure:
+        raise ValueError(
+            f"`{name}` must have the tree structure of `{like_name}`; got "
+            f"{structure} against {like_structure}."
+        )
+    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)]
+    like_shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(like)]
+    if shapes != like_shapes:
+        raise ValueError(
+            f"`{name}` must have the leaf shapes of `{like_name}`; got {shapes} "
+            f"against {like_shapes}."
+        )
 
 
 def check_int_at_least(value: int, name: str, low: int) -> None:

@@ -257,7 +257,9 @@ def truncated_cg(
 
     Raises:
       ValueError: if ``max_steps < 1``, ``tol < 0``, ``atol < 0`` or
-        ``progress_tol < 0``.
+        ``progress_tol < 0``, or ``tol`` or ``atol`` is not finite (values
+        traced under jit are not checked).
+      TypeError: if ``tol`` or ``atol`` is not a real number.
 
     Examples:
       >>> import jax.numpy as jnp, so_opt
@@ -272,10 +274,8 @@ def truncated_cg(
       learning via Hessian-free optimization*, ICML, 2010.
     """
     base.check_int_at_least(max_steps, "max_steps", 1)
-    if isinstance(tol, (int, float)):
-        base.check_positive(tol, "tol", allow_zero=True)
-    if isinstance(atol, (int, float)):
-        base.check_positive(atol, "atol", allow_zero=True)
+    base.check_positive_unless_traced(tol, "tol", allow_zero=True)
+    base.check_positive_unless_traced(atol, "atol", allow_zero=True)
     base.check_positive(progress_tol, "progress_tol", allow_zero=True)
     if save_growth <= 1:
         raise ValueError(f"`save_growth` must be > 1, got {save_growth}.")

@@ -164,10 +164,17 @@ def _hf_update(config: _Config, state, params, extra_args):
     matvec = lambda v: otu.tree_add_scale(product(v), lam, v)
     precond, precond_diag = _preconditioner(config, state, grad, lam, extra_args)
     grad_norm = otu.tree_norm(grad)
+    # A non-finite gradient ends in a NON_FINITE status below; the tolerances
+    # are kept finite so that CG's own argument checks pass outside jit.
+    finite_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
     tol = config.cg_tol
     if tol is None:
         # Forcing term min(1/2, sqrt(|g|)): superlinear convergence near a minimum.
-        tol = jnp.minimum(0.5, jnp.sqrt(grad_norm))
+        tol = jnp.minimum(0.5, jnp.sqrt(finite_norm))
+    # The floor never asks for less than halving the residual: with |g| at
+    # or below cg_atol, CG would otherwise stop at x = 0 and every later
+    # update would be zero, a silent stall.
+    atol = jnp.minimum(config.cg_atol, 0.5 * finite_norm)
     warm = None
     if config.warm_start_decay > 0:
         warm = otu.tree_scale(config.warm_start_decay, state.warm_start)
@@ -185,7 +192,7 @@ def _hf_update(config: _Config, state, params, extra_args):
         warm,
         max_steps=config.max_cg_steps,
         tol=tol,
-        atol=config.cg_atol,
+        atol=atol,
         progress_tol=config.progress_tol,
         precond=precond,
         radius=radius,
@@ -332,8 +339,9 @@ def hessian_free(
         gradient is about the CG residual, so when the run stops at a
         gradient norm ``gtol`` (:func:`so_opt.minimize`), ``cg_atol`` of
         about ``gtol / 2`` spares the last solve the accuracy that the
-        forcing term would ask and the stopping test cannot use. 0 (the
-        default) keeps the forcing term alone.
+        forcing term would ask and the stopping test cannot use. The floor
+        is capped at :math:`\|g\| / 2`, so a step is still taken once the
+        gradient is below it. 0 (the default) keeps the forcing term alone.
       progress_tol: :math:`\epsilon` of the relative-progress rule (0: off).
       warm_start_decay: factor in [0, 1] applied to the last CG solution.
       backtrack_iterates: backtrack over saved CG iterates.

@@ -141,7 +141,8 @@ def wolfe_line_search(
       A :class:`WolfeResult`.
 
     Raises:
-      ValueError: for constants out of range (checked for Python numbers).
+      ValueError: for constants out of range (checked unless traced), or a
+        ``direction`` whose structure or shapes differ from ``params``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, so_opt
@@ -160,6 +161,10 @@ def wolfe_line_search(
       methods*, SIAM Review, 1969.
     """
     check_line_search_args(c1, c2, max_trials, increase_factor, condition)
+    base.check_positive_unless_traced(learning_rate, "learning_rate")
+    if max_learning_rate is not None:
+        base.check_positive_unless_traced(max_learning_rate, "max_learning_rate")
+    base.check_same_shapes(direction, params, "direction", "params")
     return wolfe_loop.search(
         value_fn,
         params,

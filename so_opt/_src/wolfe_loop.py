@@ -308,6 +308,8 @@ def search(
         trial = otu.tree_add(params, trial_step(t, a, b, params, direction, grad))
         out, g = vg(trial)
         f, aux = out if has_aux else (out, None)
+        # Python numbers in aux become arrays, so the carry can be cast.
+        aux = jax.tree.map(jnp.asarray, aux)
         g = otu.tree_cast_like(g, grad)
         along = tree_rows.row_dots(basis, g, dtype)
         return f.astype(dtype), g, a * along[0] + b * along[1], aux
