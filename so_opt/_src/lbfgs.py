@@ -103,25 +103,27 @@ def two_loop(grad, s_memory, y_memory, rho, head, gamma):
     """Returns :math:`H g` for the L-BFGS inverse Hessian :math:`H` (two loops)."""
     m = rho.shape[0]
     slot = lambda memory, i: jax.tree.map(lambda leaf: leaf[i], memory)
+    # Slots from newest to oldest, scanned as data: an index computed inside
+    # the loop body, and alphas written into a carried array, each cost a
+    # kernel per trip on XLA:CPU.
+    order = (head - 1 - jnp.arange(m)) % m
 
     # Newest to oldest: alpha_i = rho_i <s_i, q>, q <- q - alpha_i y_i.
-    def backward(j, carry):
-        q, alphas = carry
-        i = (head - 1 - j) % m
+    def backward(q, i):
         alpha = rho[i] * otu.tree_vdot(slot(s_memory, i), q)
-        q = otu.tree_add_scale(q, -alpha, slot(y_memory, i))
-        return q, alphas.at[i].set(alpha.astype(alphas.dtype))
+        return otu.tree_add_scale(q, -alpha, slot(y_memory, i)), alpha
 
-    q, alphas = jax.lax.fori_loop(0, m, backward, (grad, jnp.zeros_like(rho)))
+    q, alphas = jax.lax.scan(backward, grad, order)
     r = otu.tree_scale(gamma, q)
 
     # Oldest to newest: beta_i = rho_i <y_i, r>, r <- r + (alpha_i - beta_i) s_i.
-    def forward(j, r):
-        i = (head + j) % m
+    def forward(r, slot_alpha):
+        i, alpha = slot_alpha
         beta = rho[i] * otu.tree_vdot(slot(y_memory, i), r)
-        return otu.tree_add_scale(r, alphas[i] - beta, slot(s_memory, i))
+        return otu.tree_add_scale(r, alpha - beta, slot(s_memory, i)), None
 
-    return jax.lax.fori_loop(0, m, forward, r)
+    r, _ = jax.lax.scan(forward, r, (order, alphas), reverse=True)
+    return r
 
 
 def _write_slot(memory, new, index, accept):
