@@ -264,7 +264,7 @@ def truncated_cg(
     Examples:
       >>> import jax.numpy as jnp, so_opt
       >>> a = jnp.array([[4.0, 1.0], [1.0, 3.0]])
-      >>> res = so_opt.truncated_cg(lambda v: a @ v, jnp.array([1.0, 2.0]))
+      >>> res = so_opt.truncated_cg(lambda v: a @ v, jnp.array([1.0, 2.0]), tol=1e-6)
       >>> print(jnp.round(res.x, 4), int(res.num_steps))
       [0.0909 0.6364] 2
 

@@ -176,7 +176,7 @@ def tridiagonal(result: LanczosResult) -> jax.Array:
     Examples:
       >>> import jax.numpy as jnp, so_opt
       >>> out = so_opt.lanczos(lambda v: 2.0 * v, jnp.ones(2), 1)
-      >>> print(so_opt.tridiagonal(out))
+      >>> print(so_opt.tridiagonal(out).round(4))
       [[2.]]
     """
     off = result.betas[:-1]

@@ -233,7 +233,7 @@ def scale_by_wolfe(
       >>> w = jnp.array([1.0, -2.0]); state = descent.init(w)
       >>> v, g = jax.value_and_grad(loss)(w)
       >>> u, state = descent.update(g, state, w, value=v, grad=g, value_fn=loss)
-      >>> print(state[1].learning_rate.round(4), so_opt.costs(state).grad_evals)
+      >>> print(f"{state[1].learning_rate:.4f}", so_opt.costs(state).grad_evals)
       0.2177 3
 
     References:

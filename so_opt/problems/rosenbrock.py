@@ -49,8 +49,8 @@ def rosenbrock(
 
     Examples:
       >>> from so_opt import problems
-      >>> p = problems.rosenbrock(n=2)
-      >>> round(float(p.loss(p.init_params(0), None)), 6)  # 100 (1 - 1.44)^2 + 2.2^2
+      >>> p = problems.rosenbrock(n=2, dtype="float32")
+      >>> round(float(p.loss(p.init_params(0), None)), 4)  # 100 (1 - 1.44)^2 + 2.2^2
       24.2
     """
     if form not in FORMS:
