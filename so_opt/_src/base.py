@@ -83,7 +83,9 @@ def pack_scalars(values: Any, dtype: Any) -> jax.Array:
     costs more than the kernels do. The selects, with the scalar arithmetic
     feeding them, fuse into one kernel.
     """
-    index = jnp.arange(len(values))
+    # The masks are numpy constants: built with jnp they are loop-invariant
+    # computations that XLA hoists out of a loop as one kernel each.
+    index = np.arange(len(values))
     vec = jnp.zeros(len(values), dtype)
     for i, value in enumerate(values):
         vec = jnp.where(index == i, jnp.asarray(value).astype(dtype), vec)
