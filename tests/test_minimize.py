@@ -134,3 +134,46 @@ def test_bad_input_raises_clear_errors(kwargs, error, match):
     params = args.pop("params")
     with pytest.raises(error, match=match):
         so_opt.minimize(half_square, params, SGD, **args)
+
+
+def _optax_documented_loop(opt, fun, x0, num_steps, from_state=True):
+    """optax's own loop (value and gradient from its state), in Python."""
+    from_state_fn = optax.value_and_grad_from_state(fun)
+    x, state = x0, opt.init(x0)
+    steps = []
+    for _ in range(num_steps):
+        if from_state:
+            value, grad = from_state_fn(x, state=state)
+        else:
+            value, grad = jax.value_and_grad(fun)(x)
+        u, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
+        x = optax.apply_updates(x, u)
+        steps.append(int(optax.tree_utils.tree_get(state, "num_linesearch_steps")))
+    return x, steps
+
+
+def test_optax_lbfgs_reuses_its_line_search_value_and_counts_its_steps():
+    fun = lambda x: jnp.sum((x[1:] - x[:-1] ** 2) ** 2) + jnp.sum((1 - x) ** 2)
+    x0 = jnp.array([-1.2, 1.0, -1.2, 1.0])
+    res = so_opt.minimize(fun, x0, optax.lbfgs(), max_steps=12, gtol=0.0)
+    x, steps = _optax_documented_loop(optax.lbfgs(), fun, x0, 12)
+    # The same iterates as optax's documented loop, to the last bit.
+    np.testing.assert_array_equal(res.params, x)
+    # One evaluation at the start, then only the line search's own.
+    assert int(res.costs.grad_evals) == 1 + sum(steps)
+    assert int(res.costs.value_evals) == 0
+
+
+@pytest.mark.parametrize("store_grad", [True, False])
+def test_optax_backtracking_costs_are_values_per_step(store_grad):
+    fun = lambda x: jnp.sum(x**4) + jnp.sum((x - 1.0) ** 2)
+    x0 = jnp.array([2.0, -3.0])
+    search = optax.scale_by_backtracking_linesearch(30, store_grad=store_grad)
+    opt = optax.chain(optax.sgd(1.0), search)
+    res = so_opt.minimize(fun, x0, opt, max_steps=8, gtol=0.0)
+    x, steps = _optax_documented_loop(opt, fun, x0, 8, from_state=store_grad)
+    np.testing.assert_array_equal(res.params, x)
+    # Each backtracking step is one value; the gradient at the accepted point
+    # is either stored by the search or computed by the driver.
+    assert int(res.costs.value_evals) == sum(steps)
+    assert int(res.costs.grad_evals) == 1 + int(res.num_steps)

@@ -32,7 +32,11 @@ class MinimizeResult(NamedTuple):
       status: a :class:`so_opt.StatusCode` (int32): ``CONVERGED``,
         ``MAX_STEPS``, ``LINE_SEARCH_FAILED``, ``NON_FINITE`` or another
         failure code reported by the optimizer.
-      costs: the optimizer's counters plus the driver's own evaluations.
+      costs: the optimizer's counters plus the driver's own evaluations,
+        and for optax's line searches, which keep no counters, the
+        evaluations their steps imply (a zoom step: one value and gradient;
+        a backtracking step: one value, plus one gradient with
+        ``store_grad``).
       state: final optimizer state.
       history: loss at the start and after each step, length
         ``max_steps + 1``, NaN past the end; ``None`` unless requested.
@@ -57,6 +61,7 @@ class _Carry(NamedTuple):
     step: jax.Array
     status: jax.Array
     driver_evals: jax.Array
+    peer_evals: jax.Array
     history: jax.Array | None
 
 
@@ -75,6 +80,25 @@ def _norm_if_finite(grad, params) -> jax.Array:
         )
     ]
     return jnp.sqrt(sum(parts[1:], parts[0]))
+
+
+def _optax_line_search_evals(state) -> jax.Array:
+    """``[value, gradient]`` evaluations of optax's line searches in an update.
+
+    optax keeps no cost counters; its line-search info holds the steps of the
+    last search. A zoom step evaluates the value and the gradient; a
+    backtracking step the value only, and with ``store_grad`` the gradient
+    once more at the accepted point.
+    """
+    counts = jnp.zeros(2, base.COUNTER_DTYPE)
+    for ls in wolfe_lib.optax_line_search_states(state):
+        steps = jnp.asarray(ls.info.num_linesearch_steps).astype(counts.dtype)
+        if isinstance(ls, optax.ScaleByZoomLinesearchState):
+            counts = counts + base.pack_scalars([0, steps], counts.dtype)
+        else:
+            grads = 0 if ls.grad is None else 1
+            counts = counts + base.pack_scalars([steps, grads], counts.dtype)
+    return counts
 
 
 def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
@@ -133,6 +157,7 @@ def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
         step=step,
         status=code,
         driver_evals=carry.driver_evals + (~reused).astype(carry.driver_evals.dtype),
+        peer_evals=carry.peer_evals + _optax_line_search_evals(state),
         history=history,
     )
 
@@ -163,6 +188,7 @@ def _run(fun, params, optimizer, gtol, max_steps, record_history, verbose):
         step=jnp.zeros((), base.COUNTER_DTYPE),
         status=jnp.asarray(start_code, base.COUNTER_DTYPE),
         driver_evals=jnp.ones((), base.COUNTER_DTYPE),
+        peer_evals=jnp.zeros(2, base.COUNTER_DTYPE),
         history=history,
     )
     body = functools.partial(
@@ -175,7 +201,11 @@ def _run(fun, params, optimizer, gtol, max_steps, record_history, verbose):
     )
     cond = lambda c: c.status == base.StatusCode.RUNNING
     final = jax.lax.while_loop(cond, body, carry)
-    costs = base.add_costs(base.costs(final.state), grad_evals=final.driver_evals)
+    costs = base.add_costs(
+        base.costs(final.state),
+        value_evals=final.peer_evals[0],
+        grad_evals=final.driver_evals + final.peer_evals[1],
+    )
     return MinimizeResult(
         params=final.params,
         value=final.value,
@@ -216,8 +246,9 @@ def minimize(
 
     Evaluations: the driver computes the value and gradient at the start and
     after each step, except when the optimizer's state holds them for the
-    new point (so_opt's line searches do; see
-    :func:`so_opt.value_and_grad_from_state`). Plain optax transforms
+    new point (so_opt's line searches do, and so do optax's zoom and
+    backtracking line searches; see :func:`so_opt.value_and_grad_from_state`).
+    Plain optax transforms
     (``optax.sgd``) are wrapped with ``optax.with_extra_args_support``, so
     they ignore the extra arguments.
 

@@ -329,7 +329,11 @@ def value_and_grad_from_state(
     search's step went through unchanged), its value and gradient are
     returned (when :math:`u` is the cached array itself, as traced, without
     any runtime test); otherwise ``jax.value_and_grad(value_fn)(params)`` runs (inside
-    ``lax.cond``, so only one branch costs anything).
+    ``lax.cond``, so only one branch costs anything). A state with no so_opt
+    cache but one optax line search (``scale_by_zoom_linesearch``, or
+    ``scale_by_backtracking_linesearch(store_grad=True)``), which must end its
+    chain, gives the value and gradient that search stored, when finite, as
+    ``optax.value_and_grad_from_state`` does.
 
     Args:
       value_fn: loss of the params, returning a scalar.
@@ -367,6 +371,8 @@ def value_and_grad_from_state(
     ]
     loss_fn = (lambda p: value_fn(p)[0]) if has_aux else value_fn
     compute = lambda: jax.value_and_grad(loss_fn)(params)
+    if not caches:
+        return _from_optax_line_search(compute, params, state)
     if len(caches) != 1:
         value, grad = compute()
         return value, grad, jnp.asarray(False)
@@ -389,5 +395,51 @@ def value_and_grad_from_state(
         hit,
         lambda: (cache.value, otu.tree_cast_like(cache.grad, params)),
         lambda: tuple(compute()),
+    )
+    return value, grad, hit
+
+
+# optax's line searches keep the value and gradient at the point they accept.
+_OPTAX_LINE_SEARCH_STATES = (
+    optax.ScaleByZoomLinesearchState,
+    optax.ScaleByBacktrackingLinesearchState,
+)
+
+
+def optax_line_search_states(state: base.PyTree) -> list[Any]:
+    """The optax line-search states (zoom, backtracking) found in ``state``."""
+    is_ls = lambda x: isinstance(x, _OPTAX_LINE_SEARCH_STATES)
+    leaves = jax.tree_util.tree_leaves(state, is_leaf=is_ls)
+    return [leaf for leaf in leaves if is_ls(leaf)]
+
+
+def _from_optax_line_search(compute, params, state):
+    """The value and gradient stored by an optax line search, else ``compute()``.
+
+    The line search must end the chain (optax requires it), so that its stored
+    point is ``params``; this is what ``optax.value_and_grad_from_state``
+    assumes too. Its state starts with an infinite value, and the backtracking
+    search stores no gradient unless built with ``store_grad=True``: then the
+    value and gradient are computed.
+    """
+    found = [ls for ls in optax_line_search_states(state) if ls.grad is not None]
+    if len(found) != 1:
+        value, grad = compute()
+        return value, grad, jnp.asarray(False)
+    stored = found[0]
+    dtype = jax.eval_shape(compute)[0].dtype
+
+    def fresh():
+        value, grad = compute()
+        return jnp.asarray(value).astype(dtype), otu.tree_cast_like(grad, params)
+
+    hit = jnp.isfinite(stored.value)
+    value, grad = jax.lax.cond(
+        hit,
+        lambda: (
+            jnp.asarray(stored.value).astype(dtype),
+            otu.tree_cast_like(stored.grad, params),
+        ),
+        fresh,
     )
     return value, grad, hit
