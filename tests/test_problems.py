@@ -174,3 +174,16 @@ def test_bad_names_and_arguments_list_what_is_valid():
         problems.breast_cancer_logreg(l2=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         next(problems.digits_mlp(hidden=(4,)).epoch_batches(0, 0, 0))
+
+
+@pytest.mark.parametrize("x64", [True, False])
+def test_reference_problems_default_to_the_precision_jax_offers(x64):
+    # float64 when x64 is on; without it float32, and no truncation warning
+    # (the suite turns warnings into errors).
+    want = jnp.float64 if x64 else jnp.float32
+    with jax.enable_x64(x64):
+        for problem in (problems.rosenbrock(4), problems.breast_cancer_logreg()):
+            leaves = jax.tree.leaves(problem.init_params(0))
+            assert all(leaf.dtype == want for leaf in leaves)
+            assert problem.config["dtype"] == jnp.dtype(want).name
+            assert jnp.isfinite(problem.value_fn()(problem.init_params(0)))

@@ -120,6 +120,18 @@ class Problem:
         return out
 
 
+def reference_dtype(dtype: str | jnp.dtype | None) -> jnp.dtype:
+    """``dtype``, or when None float64 if JAX's x64 mode is on, else float32.
+
+    The convex reference problems are meant for float64; without x64 JAX
+    would truncate a float64 request to float32 with a warning, so the
+    default follows the mode instead.
+    """
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    return jnp.dtype("float64" if jax.config.jax_enable_x64 else "float32")
+
+
 def split_indices(
     num: int, seed: int, test_fraction: float, valid_fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

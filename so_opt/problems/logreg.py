@@ -6,7 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so_opt.problems.base import Problem, split_indices, standardize
+from so_opt.problems.base import (
+    Problem,
+    reference_dtype,
+    split_indices,
+    standardize,
+)
 
 
 def load_breast_cancer_arrays(
@@ -34,7 +39,7 @@ def _accuracy(outputs, batch) -> jax.Array:
 
 
 def breast_cancer_logreg(
-    l2: float = 1e-2, dtype: str | jnp.dtype = "float64", split_seed: int = 0
+    l2: float = 1e-2, dtype: str | jnp.dtype | None = None, split_seed: int = 0
 ) -> Problem:
     r"""Mean logistic loss plus a ridge penalty on the breast-cancer data.
 
@@ -47,7 +52,8 @@ def breast_cancer_logreg(
 
     Args:
       l2: ridge strength :math:`\lambda` >= 0.
-      dtype: parameter and data dtype.
+      dtype: parameter and data dtype; None for float64 when JAX's x64 mode
+        is on, else float32.
       split_seed: seed of the fixed 80/20 train/test split.
 
     Returns:
@@ -61,7 +67,7 @@ def breast_cancer_logreg(
     """
     if l2 < 0:
         raise ValueError(f"`l2` must be >= 0, got {l2}.")
-    dtype = jnp.dtype(dtype)
+    dtype = reference_dtype(dtype)
     arrays = load_breast_cancer_arrays(split_seed)
     to_device = lambda xy: (jnp.asarray(xy[0], dtype), jnp.asarray(xy[1], dtype))
     num_features = arrays["train"][0].shape[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from so_opt.problems.base import Problem
+from so_opt.problems.base import Problem, reference_dtype
 
 FORMS = ("chained", "extended")
 
@@ -33,7 +33,7 @@ def rosenbrock_value(x: jax.Array, form: str = "chained") -> jax.Array:
 
 
 def rosenbrock(
-    n: int = 100, form: str = "chained", dtype: str | jnp.dtype = "float64"
+    n: int = 100, form: str = "chained", dtype: str | jnp.dtype | None = None
 ) -> Problem:
     """Rosenbrock's function from the standard start ``(-1.2, 1, -1.2, 1, ...)``.
 
@@ -41,7 +41,8 @@ def rosenbrock(
       n: dimension, >= 2 (even for the extended form).
       form: ``"chained"`` (the hard one: hundreds of L-BFGS steps at n = 100)
         or ``"extended"`` (n/2 independent 2-D problems).
-      dtype: parameter dtype.
+      dtype: parameter dtype; None for float64 when JAX's x64 mode is on,
+        else float32.
 
     Returns:
       A :class:`Problem` without data; the batch argument of its loss is
@@ -59,7 +60,7 @@ def rosenbrock(
         raise ValueError(f"`n` must be an integer >= 2, got {n!r}.")
     if form == "extended" and n % 2:
         raise ValueError(f"`n` must be even for the extended form, got {n}.")
-    dtype = jnp.dtype(dtype)
+    dtype = reference_dtype(dtype)
 
     def init_params(seed: int) -> jax.Array:
         # The standard start is deterministic; the seed does not move it.
