@@ -255,7 +255,7 @@ def test_missing_value_fn_names_the_argument():
         ({"learning_rate": -1.0}, r"`learning_rate` must be > 0, got -1.0\."),
         ({"learning_rate": float("nan")}, r"`learning_rate` must be finite"),
         ({"max_learning_rate": 0.0}, r"`max_learning_rate` must be > 0, got 0.0\."),
-        ({"direction": jnp.ones(3)}, r"`direction` must have the leaf shapes"),
+        ({"direction": jnp.ones(3)}, r"`direction` must match the shapes"),
         ({"direction": {"a": jnp.ones(2)}}, r"`direction` must have the tree"),
     ],
 )

@@ -271,23 +271,6 @@ def check_positive_unless_traced(
         check_positive(value, name, allow_zero)
 
 
-def check_same_shapes(tree: PyTree, like: PyTree, name: str, like_name: str) -> None:
-    """Raises ``ValueError`` unless ``tree`` matches ``like`` in structure, shapes."""
-    structure, like_structure = (jax.tree.structure(t) for t in (tree, like))
-    if structure != like_structure:
-        raise ValueError(
-            f"`{name}` must have the tree structure of `{like_name}`; got "
-            f"{structure} against {like_structure}."
-        )
-    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)]
-    like_shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(like)]
-    if shapes != like_shapes:
-        raise ValueError(
-            f"`{name}` must have the leaf shapes of `{like_name}`; got {shapes} "
-            f"against {like_shapes}."
-        )
-
-
 def check_int_at_least(value: int, name: str, low: int) -> None:
     """Raises ``ValueError`` unless ``value`` is an integer with ``value >= low``.
 

@@ -23,7 +23,11 @@ def _describe_leaf(leaf: Any) -> str:
 
 
 def check_tree_like(
-    tree: Any, reference: Any, name: str, reference_name: str = "params"
+    tree: Any,
+    reference: Any,
+    name: str,
+    reference_name: str = "params",
+    check_dtypes: bool = True,
 ) -> None:
     """Raises unless ``tree`` has the structure, shapes and dtypes of ``reference``.
 
@@ -34,6 +38,8 @@ def check_tree_like(
       reference: the tree it must match (for example ``params``).
       name: the argument name of ``tree``, used in the message.
       reference_name: the argument name of ``reference``.
+      check_dtypes: also require equal leaf dtypes (callers that cast the
+        tree themselves pass False).
 
     Raises:
       ValueError: if the tree structures or the leaf shapes differ.
@@ -55,7 +61,7 @@ def check_tree_like(
                 f"`{name}` must match the shapes of `{reference_name}`; at leaf "
                 f"{where} got {_describe_leaf(leaf)}, expected {_describe_leaf(ref)}."
             )
-        if jnp.result_type(leaf) != jnp.result_type(ref):
+        if check_dtypes and jnp.result_type(leaf) != jnp.result_type(ref):
             raise TypeError(
                 f"`{name}` must match the dtypes of `{reference_name}`; at leaf "
                 f"{where} got {_describe_leaf(leaf)}, expected {_describe_leaf(ref)}."

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from so_opt._src import base, wolfe_loop
+from so_opt._src import base, tree, wolfe_loop
 from so_opt._src.wolfe_loop import CONDITIONS as CONDITIONS
 from so_opt._src.wolfe_loop import WolfeResult as WolfeResult
 
@@ -164,7 +164,8 @@ def wolfe_line_search(
     base.check_positive_unless_traced(learning_rate, "learning_rate")
     if max_learning_rate is not None:
         base.check_positive_unless_traced(max_learning_rate, "max_learning_rate")
-    base.check_same_shapes(direction, params, "direction", "params")
+    # The search casts the direction to the gradient's dtypes itself.
+    tree.check_tree_like(direction, params, "direction", check_dtypes=False)
     return wolfe_loop.search(
         value_fn,
         params,
@@ -427,7 +428,8 @@ def _from_optax_line_search(compute, params, state):
         value, grad = compute()
         return value, grad, jnp.asarray(False)
     stored = found[0]
-    dtype = jax.eval_shape(compute)[0].dtype
+    # optax keeps the value in the params' dtype; the fresh branch matches it.
+    dtype = jnp.result_type(stored.value)
 
     def fresh():
         value, grad = compute()
