@@ -44,7 +44,9 @@ def test_quadratic_minimizer_and_inverse_hessian():
     f = lambda x: 0.5 * x @ (aj @ x) - bj @ x
     # Below |g| ~ 1e-8 the decrease f - f* ~ |g|^2 / 2 is roundoff in f ~ 1,
     # and a strict Armijo test can no longer see it; 1e-7 is still visible.
-    res = so_opt.minimize(f, jnp.zeros(dim), BFGS, gtol=1e-7, max_steps=200)
+    res = so_opt.minimize(
+        f, jnp.zeros(dim), BFGS, gtol=1e-7, max_steps=200, keep_state=True
+    )
     assert int(res.status) == StatusCode.CONVERGED
     # |x - x*| <= |g| / lambda_min = 1e-7.
     np.testing.assert_allclose(res.params, np.linalg.solve(a, b), atol=1e-7)

@@ -112,6 +112,7 @@ def test_warm_start_costs_one_product_and_zero_costs_none():
         ({"atol": jnp.asarray(-1.0)}, "atol"),
         ({"atol": float("nan")}, "atol"),
         ({"progress_tol": -1e-3}, "progress_tol"),
+        ({"norm": "linf"}, "norm"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):
@@ -126,13 +127,19 @@ def test_tolerances_that_are_not_numbers_name_the_argument(kwargs):
         so_opt.truncated_cg(lambda v: v, jnp.ones(2), **kwargs)
 
 
-@pytest.mark.parametrize("atol", [1e-2, 1e-4])
-def test_absolute_floor_stops_at_the_first_residual_below_it(atol):
-    a, b = _spd(5, 30, 1e3)
+def _unprogressive_solver(seed):
+    """A random SPD system and CG on it without the relative-progress rule."""
+    a, b = _spd(seed, 30, 1e3)
     a, b = jnp.asarray(a), jnp.asarray(b)
     solve = lambda max_steps=200, **kw: so_opt.truncated_cg(
         lambda v: a @ v, b, max_steps=max_steps, progress_tol=0.0, **kw
     )
+    return a, b, solve
+
+
+@pytest.mark.parametrize("atol", [1e-2, 1e-4])
+def test_absolute_floor_stops_at_the_first_residual_below_it(atol):
+    a, b, solve = _unprogressive_solver(5)
     res = solve(tol=1e-12, atol=atol)
     steps = int(res.num_steps)
     assert int(res.reason) == CGReason.CONVERGED
@@ -144,3 +151,17 @@ def test_absolute_floor_stops_at_the_first_residual_below_it(atol):
     # A floor below the relative tolerance changes nothing.
     tight = solve(tol=1e-6, atol=1e-12)
     assert int(tight.num_steps) == int(solve(tol=1e-6).num_steps)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-5])
+def test_l1_test_stops_at_the_first_iterate_whose_l1_residual_meets_it(tol):
+    a, b, solve = _unprogressive_solver(6)
+    res = solve(tol=tol, norm="l1")
+    steps = int(res.num_steps)
+    assert int(res.reason) == CGReason.CONVERGED
+    l1 = lambda x: np.abs(np.asarray(b - a @ x)).sum()
+    bound = tol * np.abs(np.asarray(b)).sum()
+    # Residuals recomputed from the matrix: met now, not one step earlier
+    # (the iterates do not depend on the norm of the test).
+    assert l1(res.x) <= bound * (1 + 1e-6)
+    assert l1(solve(tol=0.0, max_steps=steps - 1).x) > bound

@@ -42,6 +42,7 @@ def run_rosenbrock(n, dtype, gtol=GTOL):
         max_steps=2000,
         gtol=gtol,
         record_history=True,
+        keep_state=True,
     )
 
 

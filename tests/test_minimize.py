@@ -177,3 +177,17 @@ def test_optax_backtracking_costs_are_values_per_step(store_grad):
     # is either stored by the search or computed by the driver.
     assert int(res.costs.value_evals) == sum(steps)
     assert int(res.costs.grad_evals) == 1 + int(res.num_steps)
+
+
+def test_final_state_is_returned_only_on_request():
+    opt = so_opt.lbfgs()
+    lean = so_opt.minimize(half_square, jnp.zeros(3), opt, gtol=1e-8)
+    full = so_opt.minimize(half_square, jnp.zeros(3), opt, gtol=1e-8, keep_state=True)
+    assert lean.state is None
+    # The same run either way; the kept state holds the line search's
+    # evaluations, and the driver adds only the one at the start.
+    np.testing.assert_array_equal(lean.params, full.params)
+    assert int(lean.num_steps) == int(full.num_steps)
+    assert isinstance(full.state, so_opt.LBFGSState)
+    spent = int(so_opt.costs(full.state).grad_evals)
+    assert int(full.costs.grad_evals) == spent + 1 == int(lean.costs.grad_evals)

@@ -10,6 +10,8 @@ caller, :func:`so_opt.minimize` or the study runner) adds its own evaluations.
 from __future__ import annotations
 
 import enum
+import functools
+import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -200,11 +202,18 @@ def check_float_params(params: PyTree, name: str = "params") -> None:
         # microseconds per call, which a short jitted run would notice.
         dtype = getattr(leaf, "dtype", None)
         dtype = jnp.result_type(leaf) if dtype is None else dtype
-        if not jnp.issubdtype(dtype, jnp.floating):
+        if not _is_floating(dtype):
             raise TypeError(
                 f"`{name}` must hold floating-point arrays, got a leaf of dtype "
                 f"{dtype}."
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _is_floating(dtype: Any) -> bool:
+    # Cached: jnp.issubdtype takes microseconds, and so_opt.minimize checks
+    # every leaf on every call.
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def check_real(value: Any, name: str) -> None:
@@ -250,9 +259,13 @@ def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
     ``TypeError`` for a value that is not a real number, ``ValueError`` for
     one that is not finite or out of range.
     """
-    check_real(value, name)
+    if type(value) is float or type(value) is int:
+        finite = math.isfinite(value)  # the common case, without numpy
+    else:
+        check_real(value, name)
+        finite = np.isfinite(value)
     bound = ">= 0" if allow_zero else "> 0"
-    if not np.isfinite(value):
+    if not finite:
         raise ValueError(f"`{name}` must be finite and {bound}, got {value}.")
     if not (value >= 0 if allow_zero else value > 0):
         raise ValueError(f"`{name}` must be {bound}, got {value}.")

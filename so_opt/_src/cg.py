@@ -14,6 +14,15 @@ import optax.tree_utils as otu
 
 from so_opt._src import base
 
+NORMS = ("l2", "l1")
+
+
+def _residual_measure(norm: str) -> Callable[[Any], jax.Array]:
+    """The squared ``norm`` of a pytree: what the CG stopping test compares."""
+    if norm == "l1":
+        return lambda v: jnp.square(otu.tree_l1_norm(v))
+    return lambda v: otu.tree_vdot(v, v)
+
 
 class CGReason(enum.IntEnum):
     """Why :func:`truncated_cg` stopped."""
@@ -97,7 +106,7 @@ def _boundary_tau(x, p, radius):
     return jnp.maximum(tau, 0.0)
 
 
-def _cg_step(carry, matvec, precond, b, radius, tol_sq, progress_tol, slots):
+def _cg_step(carry, matvec, precond, b, radius, tol_sq, measure, progress_tol, slots):
     """One CG iteration; stops on curvature, boundary, tolerance or progress."""
     x, r, p, step = carry.x, carry.r, carry.p, carry.step
     ap = matvec(p)
@@ -136,7 +145,7 @@ def _cg_step(carry, matvec, precond, b, radius, tol_sq, progress_tol, slots):
         & (phi_next < 0)
         & ((phi_next - phi_old) < phi_next * window * progress_tol)
     )
-    converged = otu.tree_vdot(r_next, r_next) <= tol_sq
+    converged = measure(r_next) <= tol_sq
     max_hit = i >= carry.phis.shape[0] - 1
     finite = finite_curv & jnp.isfinite(rz_next) & jnp.isfinite(phi_next)
 
@@ -205,6 +214,7 @@ def truncated_cg(
     max_steps: int = 250,
     tol: float = 1e-10,
     atol: jax.typing.ArrayLike = 0.0,
+    norm: str = "l2",
     progress_tol: float = 5e-4,
     precond: Callable[[Any], Any] | None = None,
     radius: jax.typing.ArrayLike | None = None,
@@ -244,6 +254,9 @@ def truncated_cg(
       atol: absolute residual tolerance (>= 0): a floor under the relative
         one, so that a solve asked for far more accuracy than its caller
         can use (a Newton system near the outer tolerance) stops early.
+      norm: ``"l2"`` (Euclidean) or ``"l1"``: the norm of :math:`r` and
+        :math:`b` in the residual test (``residual_norm`` is Euclidean
+        either way). scipy's Newton-CG tests in the L1 norm.
       progress_tol: :math:`\epsilon` of the relative-progress rule; 0 turns
         the rule off.
       precond: :math:`r \mapsto M^{-1} r` for a positive definite :math:`M`.
@@ -258,7 +271,7 @@ def truncated_cg(
     Raises:
       ValueError: if ``max_steps < 1``, ``tol < 0``, ``atol < 0`` or
         ``progress_tol < 0``, or ``tol`` or ``atol`` is not finite (values
-        traced under jit are not checked).
+        traced under jit are not checked), or ``norm`` is unknown.
       TypeError: if ``tol`` or ``atol`` is not a real number.
 
     Examples:
@@ -277,6 +290,11 @@ def truncated_cg(
     base.check_positive_unless_traced(tol, "tol", allow_zero=True)
     base.check_positive_unless_traced(atol, "atol", allow_zero=True)
     base.check_positive(progress_tol, "progress_tol", allow_zero=True)
+    if norm not in NORMS:
+        raise ValueError(
+            f"`norm` must be one of {', '.join(map(repr, NORMS))}, got {norm!r}."
+        )
+    measure = _residual_measure(norm)
     if save_growth <= 1:
         raise ValueError(f"`save_growth` must be > 1, got {save_growth}.")
     precond = precond if precond is not None else (lambda r: r)
@@ -299,7 +317,7 @@ def truncated_cg(
         phi0 = jnp.where(cold, 0.0, phi0)
     z0 = precond(r0)
     rz0 = otu.tree_vdot(r0, z0)
-    tol_sq = jnp.maximum((tol**2) * otu.tree_vdot(b, b), jnp.square(atol))
+    tol_sq = jnp.maximum((tol**2) * measure(b), jnp.square(atol))
     if radius is not None:
         radius = jnp.asarray(radius, dtype)
 
@@ -312,7 +330,7 @@ def truncated_cg(
             lambda leaf: jnp.zeros((len(steps), *leaf.shape), leaf.dtype), b
         )
 
-    start_done = otu.tree_vdot(r0, r0) <= tol_sq
+    start_done = measure(r0) <= tol_sq
     carry = _Carry(
         x=x0,
         r=r0,
@@ -330,7 +348,7 @@ def truncated_cg(
     )
     slots_arr = jnp.asarray(slots)
     body = lambda c: _cg_step(
-        c, matvec, precond, b, radius, tol_sq, progress_tol, slots_arr
+        c, matvec, precond, b, radius, tol_sq, measure, progress_tol, slots_arr
     )
     out = jax.lax.while_loop(lambda c: ~c.done, body, carry)
 

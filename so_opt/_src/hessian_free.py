@@ -10,7 +10,7 @@ import optax
 import optax.tree_utils as otu
 
 from so_opt._src import base, curvature
-from so_opt._src.cg import CGReason, truncated_cg
+from so_opt._src.cg import NORMS, CGReason, truncated_cg
 from so_opt._src.newton import backtrack, reduction_ratio, update_damping
 
 CURVATURES = ("gauss_newton", "hessian")
@@ -56,6 +56,7 @@ class _Config(NamedTuple):
     max_cg_steps: int
     cg_tol: float | None
     cg_atol: float
+    cg_norm: str
     progress_tol: float
     warm_start_decay: float
     backtrack_iterates: bool
@@ -167,14 +168,20 @@ def _hf_update(config: _Config, state, params, extra_args):
     # A non-finite gradient ends in a NON_FINITE status below; the tolerances
     # are kept finite so that CG's own argument checks pass outside jit.
     finite_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
+    # The forcing term and the floor's cap in the norm of CG's residual test.
+    if config.cg_norm == "l1":
+        test_norm = otu.tree_l1_norm(grad)
+        test_norm = jnp.where(jnp.isfinite(test_norm), test_norm, 0.0)
+    else:
+        test_norm = finite_norm
     tol = config.cg_tol
     if tol is None:
         # Forcing term min(1/2, sqrt(|g|)): superlinear convergence near a minimum.
-        tol = jnp.minimum(0.5, jnp.sqrt(finite_norm))
+        tol = jnp.minimum(0.5, jnp.sqrt(test_norm))
     # The floor never asks for less than halving the residual: with |g| at
     # or below cg_atol, CG would otherwise stop at x = 0 and every later
     # update would be zero, a silent stall.
-    atol = jnp.minimum(config.cg_atol, 0.5 * finite_norm)
+    atol = jnp.minimum(config.cg_atol, 0.5 * test_norm)
     warm = None
     if config.warm_start_decay > 0:
         warm = otu.tree_scale(config.warm_start_decay, state.warm_start)
@@ -193,6 +200,7 @@ def _hf_update(config: _Config, state, params, extra_args):
         max_steps=config.max_cg_steps,
         tol=tol,
         atol=atol,
+        norm=config.cg_norm,
         progress_tol=config.progress_tol,
         precond=precond,
         radius=radius,
@@ -281,6 +289,7 @@ def hessian_free(
     max_cg_steps: int = 250,
     cg_tol: float | None = None,
     cg_atol: float = 0.0,
+    cg_norm: str = "l2",
     progress_tol: float = 5e-4,
     warm_start_decay: float = 0.95,
     backtrack_iterates: bool = True,
@@ -306,7 +315,7 @@ def hessian_free(
     stopping on Martens' relative-progress rule, on the residual tolerance
     :math:`\|r\| \le \max(\eta \|g\|, \epsilon_a)` (:math:`\eta` is
     ``cg_tol``, or the forcing term :math:`\min(\tfrac12, \sqrt{\|g\|})`
-    when None; :math:`\epsilon_a` is ``cg_atol``), on
+    when None; :math:`\epsilon_a` is ``cg_atol``; norms as ``cg_norm``), on
     ``max_cg_steps``, or, for the Hessian, on negative curvature or the trust
     radius (Steihaug). It then backtracks over the CG iterates saved at steps
     :math:`\lceil 1.3^j \rceil` while the value drops, sets :math:`\lambda`
@@ -342,6 +351,13 @@ def hessian_free(
         forcing term would ask and the stopping test cannot use. The floor
         is capped at :math:`\|g\| / 2`, so a step is still taken once the
         gradient is below it. 0 (the default) keeps the forcing term alone.
+      cg_norm: the norm of the residual and the gradient in the CG stopping
+        test and the forcing term: ``"l2"`` (Euclidean, as in Nocedal and
+        Wright's Newton-CG) or ``"l1"``, the measure scipy's Newton-CG
+        uses, for like-for-like comparisons with it. For a dense vector of
+        k entries :math:`\|v\|_1 \approx \sqrt{k}\, \|v\|_2`, so the L1
+        forcing term is looser by about :math:`k^{1/4}` and grows looser
+        with the size of the model.
       progress_tol: :math:`\epsilon` of the relative-progress rule (0: off).
       warm_start_decay: factor in [0, 1] applied to the last CG solution.
       backtrack_iterates: backtrack over saved CG iterates.
@@ -398,6 +414,10 @@ def hessian_free(
     if cg_tol is not None:
         base.check_positive(cg_tol, "cg_tol", allow_zero=True)
     base.check_positive(cg_atol, "cg_atol", allow_zero=True)
+    if cg_norm not in NORMS:
+        raise ValueError(
+            f"`cg_norm` must be one of {', '.join(map(repr, NORMS))}, got {cg_norm!r}."
+        )
     base.check_positive(progress_tol, "progress_tol", allow_zero=True)
     if not 0 <= warm_start_decay <= 1:
         raise ValueError(
@@ -422,6 +442,7 @@ def hessian_free(
         max_cg_steps=max_cg_steps,
         cg_tol=cg_tol,
         cg_atol=cg_atol,
+        cg_norm=cg_norm,
         progress_tol=progress_tol,
         warm_start_decay=warm_start_decay,
         backtrack_iterates=backtrack_iterates,

@@ -37,7 +37,7 @@ class MinimizeResult(NamedTuple):
         evaluations their steps imply (a zoom step: one value and gradient;
         a backtracking step: one value, plus one gradient with
         ``store_grad``).
-      state: final optimizer state.
+      state: final optimizer state, or ``None`` unless ``keep_state``.
       history: loss at the start and after each step, length
         ``max_steps + 1``, NaN past the end; ``None`` unless requested.
     """
@@ -164,9 +164,16 @@ def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("fun", "optimizer", "max_steps", "record_history", "verbose"),
+    static_argnames=(
+        "fun",
+        "optimizer",
+        "max_steps",
+        "record_history",
+        "keep_state",
+        "verbose",
+    ),
 )
-def _run(fun, params, optimizer, gtol, max_steps, record_history, verbose):
+def _run(fun, params, optimizer, gtol, max_steps, record_history, keep_state, verbose):
     """The jit-compiled loop behind :func:`minimize`."""
     value, grad = jax.value_and_grad(fun)(params)
     value = jnp.asarray(value)
@@ -213,7 +220,7 @@ def _run(fun, params, optimizer, gtol, max_steps, record_history, verbose):
         num_steps=final.step,
         status=final.status,
         costs=costs,
-        state=final.state,
+        state=final.state if keep_state else None,
         history=final.history,
     )
 
@@ -226,6 +233,7 @@ def minimize(
     max_steps: int = 1000,
     gtol: float = 1e-6,
     record_history: bool = False,
+    keep_state: bool = False,
     verbose: bool = False,
 ) -> MinimizeResult:
     r"""Runs an optimizer on a full-batch loss until convergence, all under ``jit``.
@@ -260,6 +268,10 @@ def minimize(
       max_steps: most optimizer updates, >= 1.
       gtol: stop when the gradient's Euclidean norm is at most this, >= 0.
       record_history: keep the loss after every step in ``history``.
+      keep_state: return the final optimizer state in ``state``. Off by
+        default: every array a compiled call returns is an output buffer of
+        its own, a few microseconds each on a CPU, and an L-BFGS state holds
+        a dozen, which a run of a few hundred microseconds would notice.
       verbose: print one line per step with ``jax.debug.print``.
 
     Returns:
@@ -286,5 +298,12 @@ def minimize(
     if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
         optimizer = _with_extra_args(optimizer)
     return _run(
-        fun, params, optimizer, gtol, max_steps, bool(record_history), bool(verbose)
+        fun,
+        params,
+        optimizer,
+        gtol,
+        max_steps,
+        bool(record_history),
+        bool(keep_state),
+        bool(verbose),
     )
