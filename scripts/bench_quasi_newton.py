@@ -20,9 +20,17 @@ call's extra time is reported as "compile"); candidates are interleaved
 within each repeat and the median over repeats is reported, so drifting load
 on a shared machine hits all of them alike.
 
+"XLA flops" is the compiled program's own cost estimate (XLA's
+``cost_analysis``, loops counted once). XLA:CPU runs a program whose estimate
+is below 1,000 inline on the calling thread and hands any other to a worker
+thread, a round trip that dominates runs of a few hundred microseconds.
+``--sync-dispatch`` turns that hand-off off for every candidate
+(``jax_cpu_enable_async_dispatch = False``), to separate the methods from it.
+
 Usage:
   OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/bench_quasi_newton.py \
-      [--repeats 5] [--problems rosen-chained-100 logreg ...] [--json out.json]
+      [--repeats 5] [--problems rosen-chained-100 logreg ...] [--json out.json] \
+      [--sync-dispatch]
 """
 
 from __future__ import annotations
@@ -74,8 +82,18 @@ def make_problems():
     return out
 
 
+def xla_flops(jitted, *args) -> float:
+    """XLA's flop estimate of a jitted function's compiled program."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
 def run_so_opt(fun, x0):
     opt = so_opt.lbfgs(memory_size=MEMORY)
+    program = jax.jit(
+        lambda x: so_opt.minimize(fun, x, opt, max_steps=MAX_STEPS, gtol=GTOL)
+    )
 
     def go():
         res = so_opt.minimize(fun, x0, opt, max_steps=MAX_STEPS, gtol=GTOL)
@@ -88,6 +106,7 @@ def run_so_opt(fun, x0):
             "grad_evals": int(res.costs.grad_evals),
             "value": float(res.value),
             "grad_norm": float(res.grad_norm),
+            "flops": xla_flops(program, x0),
         }
 
     return go, report
@@ -130,6 +149,7 @@ def run_optax(fun, x0):
             "grad_evals": int(evals),
             "value": float(fun(params)),
             "grad_norm": float(otu.tree_norm(jax.grad(fun)(params))),
+            "flops": xla_flops(solve, x0),
         }
 
     return go, report
@@ -153,6 +173,7 @@ def run_jaxopt(fun, x0):
             "grad_evals": int(state.num_grad_eval),
             "value": float(fun(params)),
             "grad_norm": float(otu.tree_norm(jax.grad(fun)(params))),
+            "flops": xla_flops(solve, x0),
         }
 
     return go, report
@@ -183,6 +204,7 @@ def run_scipy(fun, x0):
             "grad_evals": int(res.njev),
             "value": float(res.fun),
             "grad_norm": float(np.linalg.norm(res.jac)),
+            "flops": float("nan"),
         }
 
     return go, report
@@ -230,9 +252,9 @@ def bench_problem(fun, x0, repeats, methods, min_seconds=0.05):
 def format_table(problem, rows):
     head = (
         f"| {problem} | iters | f evals | g evals | final f | grad norm | time s "
-        "| us/iter | compile s | so_opt time / peer time |"
+        "| us/iter | compile s | XLA flops | so_opt time / peer time |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     ours = rows.get("so_opt")
     for name, r in rows.items():
         ratio = ours["seconds"] / r["seconds"] if ours else float("nan")
@@ -240,7 +262,7 @@ def format_table(problem, rows):
             f"| {name} | {r['iterations']} | {r['value_evals']} | "
             f"{r['grad_evals']} | {r['value']:.2e} | {r['grad_norm']:.1e} | "
             f"{r['seconds']:.4f} | {1e6 * r['per_iteration']:.1f} | "
-            f"{r['compile']:.2f} | {ratio:.2f} |"
+            f"{r['compile']:.2f} | {r['flops']:,.0f} | {ratio:.2f} |"
         )
     return "\n".join(lines)
 
@@ -251,7 +273,14 @@ def main():
     parser.add_argument("--problems", nargs="*", default=None)
     parser.add_argument("--methods", nargs="*", default=list(RUNNERS))
     parser.add_argument("--json", default=None, help="write all figures here")
+    parser.add_argument(
+        "--sync-dispatch",
+        action="store_true",
+        help="run every compiled program on the calling thread",
+    )
     args = parser.parse_args()
+    # Read when the CPU client starts, so before the first array is made.
+    jax.config.update("jax_cpu_enable_async_dispatch", not args.sync_dispatch)
 
     all_problems = make_problems()
     chosen = args.problems or list(all_problems)
@@ -259,7 +288,8 @@ def main():
         f"jax {jax.__version__}, optax {optax.__version__}, scipy "
         f"{scipy.__version__}, {platform.processor() or platform.machine()}, "
         f"device {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS="
-        f"{os.environ.get('OPENBLAS_NUM_THREADS')}, repeats {args.repeats}"
+        f"{os.environ.get('OPENBLAS_NUM_THREADS')}, repeats {args.repeats}, "
+        f"async dispatch {'off' if args.sync_dispatch else 'on'}"
     )
     results = {}
     for name in chosen:
