@@ -165,3 +165,9 @@ def test_l1_test_stops_at_the_first_iterate_whose_l1_residual_meets_it(tol):
     # (the iterates do not depend on the norm of the test).
     assert l1(res.x) <= bound * (1 + 1e-6)
     assert l1(solve(tol=0.0, max_steps=steps - 1).x) > bound
+
+
+def test_right_hand_side_of_mixed_dtypes_is_a_clear_error():
+    b = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(2, jnp.float64)}
+    with pytest.raises(TypeError, match="`b` of `truncated_cg`.*one floating dtype"):
+        so_opt.truncated_cg(lambda v: v, b)

@@ -286,3 +286,9 @@ def test_gauss_newton_without_model_fn_is_a_clear_error():
 def test_damping_bounds_message_names_both_bounds():
     with pytest.raises(ValueError, match=r"`max_damping` must be >= `min_damping`"):
         so_opt.hessian_free(min_damping=10, max_damping=1)
+
+
+def test_params_of_mixed_dtypes_are_refused_in_init():
+    params = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(2, jnp.float64)}
+    with pytest.raises(TypeError, match="`params` of `hessian_free`.*float32"):
+        so_opt.hessian_free().init(params)

@@ -191,3 +191,10 @@ def test_final_state_is_returned_only_on_request():
     assert isinstance(full.state, so_opt.LBFGSState)
     spent = int(so_opt.costs(full.state).grad_evals)
     assert int(full.costs.grad_evals) == spent + 1 == int(lean.costs.grad_evals)
+
+
+@pytest.mark.parametrize("name", ["record_history", "keep_state", "verbose"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_flags_that_are_not_bools_name_the_argument(name, value):
+    with pytest.raises(TypeError, match=f"`{name}` must be True or False"):
+        so_opt.minimize(half_square, jnp.zeros(3), SGD, **{name: value})

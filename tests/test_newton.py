@@ -161,3 +161,27 @@ def test_missing_value_fn_is_a_clear_error():
     x = jnp.zeros(2)
     with pytest.raises(TypeError, match="`value_fn=`"):
         opt.update(x, opt.init(x), x, value=0.0, grad=x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: so_opt.newton(),
+        lambda: so_opt.hessian_free("hessian"),
+        lambda: so_opt.hessian_free("hessian", cg_norm="l1"),
+    ],
+    ids=["newton", "hessian_free", "hessian_free_l1"],
+)
+def test_precision_floor_ends_in_a_failed_search_not_endless_steps(make):
+    # float32 quadratic asked for a gradient below what float32 resolves:
+    # once a step changes neither the value nor the gradient, the method must
+    # say so (zero update, LINE_SEARCH_FAILED), not repeat useless steps.
+    a = jnp.arange(1.0, 11.0, dtype=jnp.float32)
+    f = lambda x: 0.5 * jnp.sum(a * x * x) - jnp.sum(x)
+    res = so_opt.minimize(f, jnp.zeros(10, jnp.float32), make(), gtol=1e-9)
+    assert int(res.status) == so_opt.StatusCode.LINE_SEARCH_FAILED
+    assert int(res.num_steps) < 20
+    assert int(res.costs.value_evals) < 200
+    # Where it stopped is the minimizer 1 / a, to float32 accuracy.
+    np.testing.assert_allclose(res.params, 1.0 / np.arange(1.0, 11.0), rtol=3e-5)
+    assert float(res.grad_norm) < 1e-4

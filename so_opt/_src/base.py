@@ -216,6 +216,29 @@ def _is_floating(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
+def check_one_dtype(tree: PyTree, name: str, caller: str) -> None:
+    """Raises ``TypeError`` unless the leaves of ``tree`` share one dtype.
+
+    For methods whose loops carry scalars, or mix leaves in sums, in a single
+    dtype: mixed leaves would otherwise fail deep inside ``jax.lax``.
+    """
+    dtypes = sorted({str(jnp.result_type(leaf)) for leaf in jax.tree.leaves(tree)})
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"`{name}` of `{caller}` must hold leaves of one floating dtype; got "
+            f"leaves of dtypes {', '.join(dtypes)}. Cast them to one dtype."
+        )
+
+
+def check_bool(value: Any, name: str) -> None:
+    """Raises ``TypeError`` unless ``value`` is a bool (Python or numpy)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"`{name}` must be True or False, got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+
+
 def check_real(value: Any, name: str) -> None:
     """Raises ``TypeError`` unless ``value`` is a real number (not a bool).
 

@@ -272,7 +272,8 @@ def truncated_cg(
       ValueError: if ``max_steps < 1``, ``tol < 0``, ``atol < 0`` or
         ``progress_tol < 0``, or ``tol`` or ``atol`` is not finite (values
         traced under jit are not checked), or ``norm`` is unknown.
-      TypeError: if ``tol`` or ``atol`` is not a real number.
+      TypeError: if ``tol`` or ``atol`` is not a real number, or the leaves
+        of ``b`` are not floating point of one dtype.
 
     Examples:
       >>> import jax.numpy as jnp, so_opt
@@ -297,6 +298,8 @@ def truncated_cg(
     measure = _residual_measure(norm)
     if save_growth <= 1:
         raise ValueError(f"`save_growth` must be > 1, got {save_growth}.")
+    base.check_float_params(b, "b")
+    base.check_one_dtype(b, "b", "truncated_cg")
     precond = precond if precond is not None else (lambda r: r)
     dtype = jnp.result_type(*jax.tree.leaves(b))
 

@@ -11,7 +11,13 @@ import optax.tree_utils as otu
 
 from so_opt._src import base, curvature
 from so_opt._src.cg import NORMS, CGReason, truncated_cg
-from so_opt._src.newton import backtrack, reduction_ratio, update_damping
+from so_opt._src.newton import (
+    backtrack,
+    flat_grad_norm,
+    reduction_ratio,
+    stalled,
+    update_damping,
+)
 
 CURVATURES = ("gauss_newton", "hessian")
 _CALLER = "hessian_free"
@@ -31,9 +37,12 @@ class HessianFreeState(NamedTuple):
       cg_steps: CG iterations of the last step.
       total_cg_steps: CG iterations over all steps.
       negative_curvature: whether the last CG run met negative curvature.
+      flat_grad_norm: the gradient norm before the last step when that step
+        left the value unchanged (infinity otherwise): the next gradient
+        must fall below it (see :func:`so_opt._src.newton.stalled`).
       costs: cumulative work counters.
       status: ``NON_FINITE`` or ``LINE_SEARCH_FAILED`` when the last step was
-        refused.
+        refused (also when no measurable progress was left).
     """
 
     damping: jax.Array
@@ -45,6 +54,7 @@ class HessianFreeState(NamedTuple):
     cg_steps: jax.Array
     total_cg_steps: jax.Array
     negative_curvature: jax.Array
+    flat_grad_norm: jax.Array
     costs: base.Costs
     status: base.Status
 
@@ -229,11 +239,12 @@ def _hf_update(config: _Config, state, params, extra_args):
     else:
         accepted = jnp.isfinite(new_value) & (new_value <= value)
         rate, trials = jnp.where(accepted, 1.0, 0.0), jnp.zeros((), jnp.int32)
-    accepted = accepted & finite
+    stuck = stalled(state.flat_grad_norm, grad_norm)
+    accepted = accepted & finite & ~stuck
     rate = jnp.where(accepted, rate, 0.0).astype(dtype)
 
     code = jnp.where(
-        config.line_search & ~accepted,
+        (config.line_search & ~accepted) | stuck,
         base.StatusCode.LINE_SEARCH_FAILED,
         base.StatusCode.RUNNING,
     )
@@ -268,6 +279,9 @@ def _hf_update(config: _Config, state, params, extra_args):
         cg_steps=result.num_steps,
         total_cg_steps=state.total_cg_steps + result.num_steps,
         negative_curvature=result.negative_curvature,
+        flat_grad_norm=flat_grad_norm(
+            accepted, rate, new_value, value, grad_norm
+        ).astype(dtype),
         costs=base.add_costs(
             state.costs,
             value_evals=evals + trials,
@@ -354,10 +368,13 @@ def hessian_free(
       cg_norm: the norm of the residual and the gradient in the CG stopping
         test and the forcing term: ``"l2"`` (Euclidean, as in Nocedal and
         Wright's Newton-CG) or ``"l1"``, the measure scipy's Newton-CG
-        uses, for like-for-like comparisons with it. For a dense vector of
-        k entries :math:`\|v\|_1 \approx \sqrt{k}\, \|v\|_2`, so the L1
-        forcing term is looser by about :math:`k^{1/4}` and grows looser
-        with the size of the model.
+        uses, for like-for-like comparisons with it (which also need its
+        classical settings: small ``damping``, ``warm_start_decay=0`` and
+        ``backtrack_iterates=False``, as in ``scripts/bench_newton.py``).
+        For a dense vector of k entries
+        :math:`\|v\|_1 \approx \sqrt{k}\, \|v\|_2`, so the L1 forcing
+        term is looser by about :math:`k^{1/4}` and grows looser with the
+        size of the model.
       progress_tol: :math:`\epsilon` of the relative-progress rule (0: off).
       warm_start_decay: factor in [0, 1] applied to the last CG solution.
       backtrack_iterates: backtrack over saved CG iterates.
@@ -457,6 +474,8 @@ def hessian_free(
 
     def init_fn(params):
         base.check_float_params(params)
+        # CG sums products of all leaves into scalars of one dtype.
+        base.check_one_dtype(params, "params", "hessian_free")
         dtype = jnp.result_type(*jax.tree.leaves(params))
         zero = jnp.zeros((), dtype)
         zeros = otu.tree_zeros_like(params)
@@ -470,6 +489,7 @@ def hessian_free(
             cg_steps=jnp.zeros((), base.COUNTER_DTYPE),
             total_cg_steps=jnp.zeros((), base.COUNTER_DTYPE),
             negative_curvature=jnp.zeros((), bool),
+            flat_grad_norm=jnp.asarray(jnp.inf, dtype),
             costs=base.zero_costs(),
             status=base.ok_status(),
         )

@@ -264,13 +264,8 @@ def lbfgs(
 
     def init_fn(params):
         base.check_float_params(params)
-        dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
-        if len(dtypes) > 1:
-            # The two-loop recursion carries its scalars in one dtype.
-            raise TypeError(
-                "`params` of `lbfgs` must hold leaves of one floating dtype; got "
-                f"leaves of dtypes {', '.join(dtypes)}. Cast them to one dtype."
-            )
+        # The two-loop recursion carries its scalars in one dtype.
+        base.check_one_dtype(params, "params", "lbfgs")
         dtype = base.params_dtype(params)
         memory = jax.tree.map(
             lambda p: jnp.zeros((memory_size, *jnp.shape(p)), jnp.result_type(p)),

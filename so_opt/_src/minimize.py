@@ -31,7 +31,10 @@ class MinimizeResult(NamedTuple):
       num_steps: optimizer updates accepted.
       status: a :class:`so_opt.StatusCode` (int32): ``CONVERGED``,
         ``MAX_STEPS``, ``LINE_SEARCH_FAILED``, ``NON_FINITE`` or another
-        failure code reported by the optimizer.
+        failure code reported by the optimizer. The driver's verdict on the
+        run: the optimizer's own status of its last step,
+        ``so_opt.status(result.state)``, stays ``RUNNING`` when the run
+        ends by the driver's tests (``CONVERGED``, ``MAX_STEPS``).
       costs: the optimizer's counters plus the driver's own evaluations,
         and for optax's line searches, which keep no counters, the
         evaluations their steps imply (a zoom step: one value and gradient;
@@ -279,7 +282,8 @@ def minimize(
 
     Raises:
       ValueError: for ``max_steps`` < 1, negative ``gtol`` or empty params.
-      TypeError: for params that are not floating point.
+      TypeError: for params that are not floating point, or flags that are
+        not bools.
 
     Examples:
       >>> import jax.numpy as jnp, so_opt
@@ -295,6 +299,12 @@ def minimize(
     base.check_int_at_least(max_steps, "max_steps", 1)
     base.check_positive(gtol, "gtol", allow_zero=True)
     base.check_float_params(params)
+    for flag, name in (
+        (record_history, "record_history"),
+        (keep_state, "keep_state"),
+        (verbose, "verbose"),
+    ):
+        base.check_bool(flag, name)
     if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
         optimizer = _with_extra_args(optimizer)
     return _run(

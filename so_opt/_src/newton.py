@@ -27,9 +27,13 @@ class NewtonState(NamedTuple):
       learning_rate: step accepted by the last line search (0 if none).
       reduction_ratio: actual over predicted reduction at the last step.
       num_factorizations: Cholesky attempts at the last step.
+      flat_grad_norm: the gradient norm before the last step when that step
+        left the value unchanged (infinity otherwise): the next gradient
+        must fall below it (see :func:`stalled`).
       costs: cumulative work counters.
       status: ``CURVATURE_FAILED``, ``NON_FINITE`` or ``LINE_SEARCH_FAILED``
-        when the last step was refused.
+        when the last step was refused (also when no measurable progress
+        was left).
     """
 
     damping: jax.Array
@@ -37,6 +41,7 @@ class NewtonState(NamedTuple):
     learning_rate: jax.Array
     reduction_ratio: jax.Array
     num_factorizations: jax.Array
+    flat_grad_norm: jax.Array
     costs: base.Costs
     status: base.Status
 
@@ -97,7 +102,15 @@ def _newton_direction(hess, g, shift, saddle_free):
 
 
 def _armijo_loop(value_fn, params, direction, value, slope, c1, shrink, trials):
-    """Tries rates shrink, shrink^2, ... until sufficient decrease holds."""
+    """Tries rates shrink, shrink^2, ... until sufficient decrease holds.
+
+    A shortened step must lower the value strictly: at the precision floor
+    the Armijo bound rounds to the value itself, and a tiny step whose
+    value merely rounds to it would pass as progress, at every later step
+    again, instead of ending the run with a failed search. (The full step
+    keeps the plain test: near a minimum a Newton step can cut the
+    gradient while the value cannot show it.)
+    """
 
     def cond(carry):
         _, used, accepted = carry
@@ -107,7 +120,9 @@ def _armijo_loop(value_fn, params, direction, value, slope, c1, shrink, trials):
         rate, used, _ = carry
         rate = rate * shrink
         trial = value_fn(otu.tree_add_scale(params, rate, direction))
-        ok = jnp.isfinite(trial) & (trial <= value + c1 * rate * slope)
+        ok = (
+            jnp.isfinite(trial) & (trial <= value + c1 * rate * slope) & (trial < value)
+        )
         return rate, used + 1, ok
 
     one = jnp.ones((), jnp.result_type(value))
@@ -137,6 +152,27 @@ def backtrack(value_fn, params, direction, value, slope, full_value, ls_args):
     )
 
 
+def flat_grad_norm(accepted, rate, new_value, value, grad_norm):
+    """``grad_norm`` if the step taken left the value unchanged, else infinity.
+
+    Only a full step can: a shortened one must lower the value strictly.
+    """
+    flat = accepted & (rate == 1) & (new_value >= value)
+    return jnp.where(flat, grad_norm, jnp.inf).astype(jnp.result_type(grad_norm))
+
+
+def stalled(state_flat_grad_norm, grad_norm):
+    """Whether the last step changed neither the value nor lowered the gradient.
+
+    At the precision floor a full Newton step can round to the same value
+    at every step; such a step still counts while it cuts the gradient (near
+    a minimum the value cannot show the gain), and once it no longer does
+    there is no measurable progress left: the step is refused with
+    ``LINE_SEARCH_FAILED`` instead of repeating forever.
+    """
+    return grad_norm >= state_flat_grad_norm
+
+
 def update_damping(damping, rho, factor, low, high):
     """Levenberg-Marquardt rule: shrink on a good model fit, grow on a bad one."""
     damping = jnp.where(rho > 0.75, damping / factor, damping)
@@ -152,10 +188,10 @@ def reduction_ratio(value, new_value, predicted):
     return jnp.where(jnp.isfinite(new_value), rho, -1.0)
 
 
-def _status_code(finite, solved, accepted, line_search):
+def _status_code(finite, solved, accepted, line_search, stuck):
     """Picks the status of a Newton-type step, worst cause first."""
     code = jnp.where(
-        line_search & ~accepted,
+        (line_search & ~accepted) | stuck,
         base.StatusCode.LINE_SEARCH_FAILED,
         base.StatusCode.RUNNING,
     )
@@ -279,6 +315,7 @@ def newton(
             learning_rate=zero,
             reduction_ratio=zero,
             num_factorizations=jnp.zeros((), base.COUNTER_DTYPE),
+            flat_grad_norm=jnp.asarray(jnp.inf, flat.dtype),
             costs=base.zero_costs(),
             status=base.ok_status(),
         )
@@ -317,7 +354,9 @@ def newton(
             accepted = jnp.isfinite(full_value) & (full_value <= value)
             rate = jnp.where(accepted, 1.0, 0.0).astype(dtype)
             trials = jnp.zeros((), base.COUNTER_DTYPE)
-        accepted = accepted & solved
+        grad_norm = jnp.linalg.norm(g)
+        stuck = stalled(state.flat_grad_norm, grad_norm)
+        accepted = accepted & solved & ~stuck
         rate = jnp.where(accepted, rate, 0.0).astype(dtype)
 
         rho = jnp.where(solved, rho, -1.0).astype(dtype)
@@ -330,10 +369,13 @@ def newton(
             learning_rate=rate,
             reduction_ratio=rho,
             num_factorizations=tries.astype(base.COUNTER_DTYPE),
+            flat_grad_norm=flat_grad_norm(
+                accepted, rate, full_value, value, grad_norm
+            ).astype(dtype),
             costs=base.add_costs(
                 state.costs, value_evals=1 + trials, hvp_evals=g.shape[0]
             ),
-            status=_status_code(finite, solved, accepted, line_search),
+            status=_status_code(finite, solved, accepted, line_search, stuck),
         )
         return otu.tree_scale(rate, direction), new_state
 
