@@ -185,3 +185,25 @@ def test_precision_floor_ends_in_a_failed_search_not_endless_steps(make):
     # Where it stopped is the minimizer 1 / a, to float32 accuracy.
     np.testing.assert_allclose(res.params, 1.0 / np.arange(1.0, 11.0), rtol=3e-5)
     assert float(res.grad_norm) < 1e-4
+
+
+def test_a_stalled_point_keeps_failing_in_a_loop_of_steps():
+    # A manual loop (no driver to stop it): once newton has reported that
+    # no measurable progress is left, the same point gets zero updates and
+    # the same status, instead of alternating no-op steps and failures.
+    a = jnp.arange(1.0, 11.0, dtype=jnp.float32)
+    f = lambda x: 0.5 * jnp.sum(a * x * x) - jnp.sum(x)
+    opt = so_opt.newton()
+    step = jax.jit(lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, value_fn=f))
+    x = jnp.zeros(10, jnp.float32)
+    state, codes, sizes = opt.init(x), [], []
+    for _ in range(12):
+        value, grad = jax.value_and_grad(f)(x)
+        updates, state = step(grad, state, x, value)
+        x = optax.apply_updates(x, updates)
+        codes.append(int(so_opt.status(state)))
+        sizes.append(float(jnp.linalg.norm(updates)))
+    failed = codes.index(so_opt.StatusCode.LINE_SEARCH_FAILED)
+    assert failed < 8
+    assert set(codes[failed:]) == {so_opt.StatusCode.LINE_SEARCH_FAILED}
+    assert all(size == 0.0 for size in sizes[failed:])

@@ -280,7 +280,7 @@ def _hf_update(config: _Config, state, params, extra_args):
         total_cg_steps=state.total_cg_steps + result.num_steps,
         negative_curvature=result.negative_curvature,
         flat_grad_norm=flat_grad_norm(
-            accepted, rate, new_value, value, grad_norm
+            accepted, rate, new_value, value, grad_norm, state, stuck
         ).astype(dtype),
         costs=base.add_costs(
             state.costs,

@@ -152,13 +152,17 @@ def backtrack(value_fn, params, direction, value, slope, full_value, ls_args):
     )
 
 
-def flat_grad_norm(accepted, rate, new_value, value, grad_norm):
-    """``grad_norm`` if the step taken left the value unchanged, else infinity.
+def flat_grad_norm(accepted, rate, new_value, value, grad_norm, state, stuck):
+    """The gradient norm the next step must beat (see :func:`stalled`).
 
-    Only a full step can: a shortened one must lower the value strictly.
+    ``grad_norm`` if the step taken left the value unchanged (only a full
+    step can: a shortened one must lower the value strictly), the one kept
+    in ``state`` while stalled, so that the same point keeps failing,
+    infinity otherwise.
     """
     flat = accepted & (rate == 1) & (new_value >= value)
-    return jnp.where(flat, grad_norm, jnp.inf).astype(jnp.result_type(grad_norm))
+    bound = jnp.where(flat, grad_norm, jnp.inf)
+    return jnp.where(stuck, state.flat_grad_norm, bound)
 
 
 def stalled(state_flat_grad_norm, grad_norm):
@@ -370,7 +374,7 @@ def newton(
             reduction_ratio=rho,
             num_factorizations=tries.astype(base.COUNTER_DTYPE),
             flat_grad_norm=flat_grad_norm(
-                accepted, rate, full_value, value, grad_norm
+                accepted, rate, full_value, value, grad_norm, state, stuck
             ).astype(dtype),
             costs=base.add_costs(
                 state.costs, value_evals=1 + trials, hvp_evals=g.shape[0]
