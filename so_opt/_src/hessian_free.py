@@ -175,15 +175,11 @@ def _hf_update(config: _Config, state, params, extra_args):
     matvec = lambda v: otu.tree_add_scale(product(v), lam, v)
     precond, precond_diag = _preconditioner(config, state, grad, lam, extra_args)
     grad_norm = otu.tree_norm(grad)
+    # The forcing term and the floor's cap in the norm of CG's residual test.
+    test_norm = otu.tree_l1_norm(grad) if config.cg_norm == "l1" else grad_norm
     # A non-finite gradient ends in a NON_FINITE status below; the tolerances
     # are kept finite so that CG's own argument checks pass outside jit.
-    finite_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
-    # The forcing term and the floor's cap in the norm of CG's residual test.
-    if config.cg_norm == "l1":
-        test_norm = otu.tree_l1_norm(grad)
-        test_norm = jnp.where(jnp.isfinite(test_norm), test_norm, 0.0)
-    else:
-        test_norm = finite_norm
+    test_norm = jnp.where(jnp.isfinite(test_norm), test_norm, 0.0)
     tol = config.cg_tol
     if tol is None:
         # Forcing term min(1/2, sqrt(|g|)): superlinear convergence near a minimum.
@@ -280,7 +276,7 @@ def _hf_update(config: _Config, state, params, extra_args):
         total_cg_steps=state.total_cg_steps + result.num_steps,
         negative_curvature=result.negative_curvature,
         flat_grad_norm=flat_grad_norm(
-            accepted, rate, new_value, value, grad_norm, state, stuck
+            state.flat_grad_norm, stuck, accepted, rate, new_value, value, grad_norm
         ).astype(dtype),
         costs=base.add_costs(
             state.costs,

@@ -152,17 +152,16 @@ def backtrack(value_fn, params, direction, value, slope, full_value, ls_args):
     )
 
 
-def flat_grad_norm(accepted, rate, new_value, value, grad_norm, state, stuck):
+def flat_grad_norm(bound, stuck, accepted, rate, new_value, value, grad_norm):
     """The gradient norm the next step must beat (see :func:`stalled`).
 
-    ``grad_norm`` if the step taken left the value unchanged (only a full
-    step can: a shortened one must lower the value strictly), the one kept
-    in ``state`` while stalled, so that the same point keeps failing,
+    The current ``bound`` while stalled, so that the same point keeps
+    failing; ``grad_norm`` if the step taken left the value unchanged (only
+    a full step can: a shortened one must lower the value strictly);
     infinity otherwise.
     """
     flat = accepted & (rate == 1) & (new_value >= value)
-    bound = jnp.where(flat, grad_norm, jnp.inf)
-    return jnp.where(stuck, state.flat_grad_norm, bound)
+    return jnp.where(stuck, bound, jnp.where(flat, grad_norm, jnp.inf))
 
 
 def stalled(state_flat_grad_norm, grad_norm):
@@ -339,7 +338,8 @@ def newton(
         hess = dense_hessian(value_fn, params, chunk_size, memory_budget_bytes)
         hess = hess.astype(dtype)
         finite = jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(g))
-        shift = state.damping * jnp.linalg.norm(g)
+        grad_norm = jnp.linalg.norm(g)
+        shift = state.damping * grad_norm
         d, shift, tries, solved = _newton_direction(hess, g, shift, saddle_free)
         solved = solved & finite & jnp.all(jnp.isfinite(d))
         d = jnp.where(solved, d, 0.0)
@@ -358,7 +358,6 @@ def newton(
             accepted = jnp.isfinite(full_value) & (full_value <= value)
             rate = jnp.where(accepted, 1.0, 0.0).astype(dtype)
             trials = jnp.zeros((), base.COUNTER_DTYPE)
-        grad_norm = jnp.linalg.norm(g)
         stuck = stalled(state.flat_grad_norm, grad_norm)
         accepted = accepted & solved & ~stuck
         rate = jnp.where(accepted, rate, 0.0).astype(dtype)
@@ -374,7 +373,13 @@ def newton(
             reduction_ratio=rho,
             num_factorizations=tries.astype(base.COUNTER_DTYPE),
             flat_grad_norm=flat_grad_norm(
-                accepted, rate, full_value, value, grad_norm, state, stuck
+                state.flat_grad_norm,
+                stuck,
+                accepted,
+                rate,
+                full_value,
+                value,
+                grad_norm,
             ).astype(dtype),
             costs=base.add_costs(
                 state.costs, value_evals=1 + trials, hvp_evals=g.shape[0]
