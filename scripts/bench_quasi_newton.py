@@ -27,10 +27,16 @@ thread, a round trip that dominates runs of a few hundred microseconds.
 ``--sync-dispatch`` turns that hand-off off for every candidate
 (``jax_cpu_enable_async_dispatch = False``), to separate the methods from it.
 
+Scheduler: ``so_opt.minimize`` compiles ``so_opt.lbfgs``'s loop with XLA:CPU's
+memory-optimized scheduler (``so_opt/_src/compile_options.py``); the peers
+get XLA's default. ``--scheduler memory`` compiles the optax loop and
+jaxopt's ``run`` with the same option, ``--scheduler default`` so_opt's loop
+with the default, so that each side can be seen under the other's choice.
+
 Usage:
   OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/bench_quasi_newton.py \
       [--repeats 5] [--problems rosen-chained-100 logreg ...] [--json out.json] \
-      [--sync-dispatch]
+      [--sync-dispatch] [--scheduler mixed|memory|default]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -60,10 +67,15 @@ import scipy.optimize  # noqa: E402
 
 import so_opt  # noqa: E402
 from so_opt import problems  # noqa: E402
+from so_opt._src import compile_options  # noqa: E402
 
 GTOL = 1e-6
 MEMORY = 10
 MAX_STEPS = 20_000
+# Set by --scheduler: XLA options of so_opt's loop (None: so_opt's choice)
+# and of the peers' compiled programs (None: XLA's defaults).
+SO_OPT_OPTIONS = None
+PEER_OPTIONS = None
 
 
 def make_problems():
@@ -96,7 +108,14 @@ def run_so_opt(fun, x0):
     )
 
     def go():
-        res = so_opt.minimize(fun, x0, opt, max_steps=MAX_STEPS, gtol=GTOL)
+        res = so_opt.minimize(
+            fun,
+            x0,
+            opt,
+            max_steps=MAX_STEPS,
+            gtol=GTOL,
+            compiler_options=SO_OPT_OPTIONS,
+        )
         return jax.block_until_ready(res)
 
     def report(res):
@@ -134,7 +153,7 @@ def run_optax(fun, x0):
         err = otu.tree_norm(otu.tree_get(state, "grad"))
         return (count == 0) | ((count < MAX_STEPS) & (err >= GTOL))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=PEER_OPTIONS)
     def solve(x0):
         return jax.lax.while_loop(cond, body, (x0, opt.init(x0), jnp.zeros((), int)))
 
@@ -160,7 +179,7 @@ def run_jaxopt(fun, x0):
         warnings.simplefilter("ignore")
         import jaxopt
     solver = jaxopt.LBFGS(fun=fun, maxiter=MAX_STEPS, tol=GTOL, history_size=MEMORY)
-    solve = jax.jit(solver.run)
+    solve = jax.jit(solver.run, compiler_options=PEER_OPTIONS)
 
     def go():
         return jax.block_until_ready(solve(x0))
@@ -278,7 +297,19 @@ def main():
         action="store_true",
         help="run every compiled program on the calling thread",
     )
+    parser.add_argument(
+        "--scheduler",
+        choices=("mixed", "memory", "default"),
+        default="mixed",
+        help="XLA:CPU scheduler: so_opt's choice for so_opt and the default for "
+        "the peers (mixed), or the memory-optimized / default one for all",
+    )
     args = parser.parse_args()
+    global SO_OPT_OPTIONS, PEER_OPTIONS
+    if args.scheduler == "memory":
+        PEER_OPTIONS = dict(compile_options.LATENCY_OPTIONS)
+    elif args.scheduler == "default":
+        SO_OPT_OPTIONS = {}
     # Read when the CPU client starts, so before the first array is made.
     jax.config.update("jax_cpu_enable_async_dispatch", not args.sync_dispatch)
 
@@ -289,7 +320,8 @@ def main():
         f"{scipy.__version__}, {platform.processor() or platform.machine()}, "
         f"device {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS')}, repeats {args.repeats}, "
-        f"async dispatch {'off' if args.sync_dispatch else 'on'}"
+        f"async dispatch {'off' if args.sync_dispatch else 'on'}, "
+        f"scheduler {args.scheduler}"
     )
     results = {}
     for name in chosen:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from so_opt._src import base, tree_rows, wolfe_loop
+from so_opt._src import base, compile_options, tree_rows, wolfe_loop
 from so_opt._src import wolfe as wolfe_lib
 
 LINE_SEARCHES = ("strong_wolfe", "armijo")
@@ -231,7 +231,9 @@ def lbfgs(
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` takes the
       gradient as ``updates`` and needs ``params`` and the extra arguments
-      ``value``, ``grad`` and ``value_fn``.
+      ``value``, ``grad`` and ``value_fn``. It is marked latency-bound, so
+      :func:`so_opt.minimize` compiles its loop with XLA:CPU's
+      memory-optimized scheduler (``compiler_options``).
 
     Raises:
       ValueError: for hyperparameters out of range.
@@ -290,4 +292,5 @@ def lbfgs(
         rtol = default_curvature_rtol(state.rho.dtype, curvature_rtol)
         return _lbfgs_update(updates, state, params, extra_args, kw, rtol)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # Marked so that so_opt.minimize compiles its loop for latency.
+    return compile_options.LatencyBound(init_fn, update_fn)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from so_opt._src import base
+from so_opt._src import base, compile_options
 from so_opt._src import wolfe as wolfe_lib
 
 # Wrapping makes a new object; caching it keeps the compiled loop reusable.
@@ -165,19 +165,8 @@ def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "fun",
-        "optimizer",
-        "max_steps",
-        "record_history",
-        "keep_state",
-        "verbose",
-    ),
-)
-def _run(fun, params, optimizer, gtol, max_steps, record_history, keep_state, verbose):
-    """The jit-compiled loop behind :func:`minimize`."""
+def _loop(fun, params, optimizer, gtol, max_steps, record_history, keep_state, verbose):
+    """The loop behind :func:`minimize`, compiled by :func:`_compiled`."""
     value, grad = jax.value_and_grad(fun)(params)
     value = jnp.asarray(value)
     grad_norm = otu.tree_norm(grad)
@@ -228,6 +217,23 @@ def _run(fun, params, optimizer, gtol, max_steps, record_history, keep_state, ve
     )
 
 
+@functools.cache
+def _compiled(options: compile_options.Frozen):
+    """The jit-compiled loop for one set of XLA compile options."""
+    return jax.jit(
+        _loop,
+        compiler_options=dict(options) or None,
+        static_argnames=(
+            "fun",
+            "optimizer",
+            "max_steps",
+            "record_history",
+            "keep_state",
+            "verbose",
+        ),
+    )
+
+
 def minimize(
     fun: Callable[[base.Params], jax.Array],
     params: base.Params,
@@ -238,6 +244,7 @@ def minimize(
     record_history: bool = False,
     keep_state: bool = False,
     verbose: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> MinimizeResult:
     r"""Runs an optimizer on a full-batch loss until convergence, all under ``jit``.
 
@@ -276,14 +283,21 @@ def minimize(
         its own, a few microseconds each on a CPU, and an L-BFGS state holds
         a dozen, which a run of a few hundred microseconds would notice.
       verbose: print one line per step with ``jax.debug.print``.
+      compiler_options: XLA options for compiling the loop, as in
+        ``jax.jit(..., compiler_options=...)``. ``None`` (default) lets the
+        optimizer choose: :func:`so_opt.lbfgs` asks XLA:CPU for its
+        memory-optimized scheduler, which hands fewer of its small kernels
+        to other threads (see ``so_opt/_src/compile_options.py``); any other
+        optimizer gets XLA's defaults. ``{}`` forces the defaults.
 
     Returns:
       A :class:`MinimizeResult`.
 
     Raises:
       ValueError: for ``max_steps`` < 1, negative ``gtol`` or empty params.
-      TypeError: for params that are not floating point, or flags that are
-        not bools.
+      TypeError: for params that are not floating point, flags that are
+        not bools, or ``compiler_options`` that are not a mapping of names
+        to str, bool, int or float values.
 
     Examples:
       >>> import jax.numpy as jnp, so_opt
@@ -307,7 +321,8 @@ def minimize(
         base.check_bool(flag, name)
     if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
         optimizer = _with_extra_args(optimizer)
-    return _run(
+    run = _compiled(compile_options.for_optimizer(optimizer, compiler_options, params))
+    return run(
         fun,
         params,
         optimizer,

@@ -1,0 +1,122 @@
+"""XLA compile options for the loops that run an optimizer to convergence.
+
+XLA:CPU schedules a program for concurrency by default: its thunk executor
+hands part of its ready queue to a pool thread whenever more than eight
+kernels are ready at once. An L-BFGS step on a pytree of several small leaves
+is a chain of microsecond kernels whose per-leaf copies become ready side by
+side, so those hand-offs (a thread wake-up each, tens of microseconds on a
+shared machine) cost more than the overlap gives. XLA's memory-optimized
+scheduler orders the same kernels so that far fewer are ready together.
+
+It is not a free win everywhere: in the Hessian-free CG loop on the digits
+autoencoder the concurrency pays, and the memory-optimized order was slower
+(measured in BENCHMARKS.md, issue 5). So the choice is per optimizer: a
+transformation marks itself with :class:`LatencyBound`, and
+:func:`so_opt.minimize` compiles its loop with :data:`LATENCY_OPTIONS`.
+Other backends ignore ``xla_cpu_`` options.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+from jax._src import core as _jax_core
+
+# jax.jit refuses compiler options on a jit traced inside another one; the
+# outer jit's options then apply. JAX has no public test for "inside a trace",
+# so use its internal one when present, else look for traced params.
+_trace_state_clean = getattr(_jax_core, "trace_state_clean", None)
+
+logger = logging.getLogger(__name__)
+
+LATENCY_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+Frozen = tuple[tuple[str, Any], ...]
+
+
+class LatencyBound(optax.GradientTransformationExtraArgs):
+    """An optimizer whose step is a chain of small kernels.
+
+    The same ``(init, update)`` pair as ``optax.GradientTransformationExtraArgs``
+    (and an instance of it); :func:`so_opt.minimize` compiles a loop over it
+    with :data:`LATENCY_OPTIONS`.
+    """
+
+    __slots__ = ()
+
+
+def freeze(options: Any, name: str = "compiler_options") -> Frozen:
+    """Validates a mapping of XLA options and returns it as a hashable tuple."""
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"`{name}` must be a mapping of XLA option names to values, got "
+            f"{type(options).__name__}."
+        )
+    items = []
+    for key, value in options.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`{name}` keys must be strings, got {key!r}.")
+        if not isinstance(value, str | bool | int | float):
+            raise TypeError(
+                f"`{name}[{key!r}]` must be a str, bool, int or float, got "
+                f"{type(value).__name__}."
+            )
+        items.append((key, value))
+    return tuple(sorted(items))
+
+
+@functools.cache
+def supported(options: Frozen) -> bool:
+    """Whether this jax and XLA accept ``options`` (probed once on a tiny program).
+
+    The scheduler option is recent; with an older jaxlib the loop is compiled
+    with XLA's defaults instead of failing.
+    """
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(1.0).compile()
+    except Exception as err:  # TypeError (old jax.jit) or XLA's INVALID_ARGUMENT
+        logger.info(
+            "XLA options %s not accepted here (%s); using defaults.", options, err
+        )
+        return False
+    return True
+
+
+def traced(params) -> bool:
+    """Whether the caller is inside a JAX transformation (``jit``, ``vmap``...)."""
+    if _trace_state_clean is not None:
+        return not _trace_state_clean()
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
+
+
+def for_optimizer(optimizer, options: Any | None, params=None) -> Frozen:
+    """The options to compile ``optimizer``'s loop with.
+
+    ``options`` given by the caller win, validated; ``None`` picks
+    :data:`LATENCY_OPTIONS` for a :class:`LatencyBound` optimizer, when this
+    jaxlib supports them, and XLA's defaults otherwise. Inside another
+    transformation the loop is part of the caller's program, which the
+    caller compiles: no options then (given ones raise, naming why).
+    """
+    inside = traced(params)
+    if options is not None:
+        frozen = freeze(options)
+        if frozen and inside:
+            raise ValueError(
+                "`compiler_options` apply to a top-level call of `minimize`; "
+                "inside `jax.jit` or another transformation, pass them to the "
+                "outermost `jax.jit` instead."
+            )
+        return frozen
+    if inside:
+        return ()
+    if isinstance(optimizer, LatencyBound):
+        latency = freeze(LATENCY_OPTIONS)
+        if supported(latency):
+            return latency
+    return ()
