@@ -25,12 +25,14 @@ from typing import Any
 
 import jax
 import optax
-from jax._src import core as _jax_core
 
 # jax.jit refuses compiler options on a jit traced inside another one; the
 # outer jit's options then apply. JAX has no public test for "inside a trace",
 # so use its internal one when present, else look for traced params.
-_trace_state_clean = getattr(_jax_core, "trace_state_clean", None)
+try:
+    from jax._src.core import trace_state_clean as _trace_state_clean
+except ImportError:  # pragma: no cover - a jax without it
+    _trace_state_clean = None
 
 logger = logging.getLogger(__name__)
 
