@@ -60,7 +60,9 @@ def test_options_given_by_the_caller_reach_xla():
     [
         ("fast", r"`compiler_options` must be a mapping"),
         ({1: True}, r"`compiler_options` keys must be strings, got 1"),
-        ({"xla_cpu_ftz": [1]}, r"`compiler_options\['xla_cpu_ftz'\]` must be a str"),
+        ({"xla_cpu_ftz": [1]}, r"`compiler_options\['xla_cpu_ftz'\]` must be a Python"),
+        ({"xla_cpu_ftz": np.bool_(True)}, r"must be a Python str.*got numpy\.bool"),
+        ({"xla_cpu_ftz": np.int64(1)}, r"got numpy\.int64"),
     ],
 )
 def test_bad_compiler_options_name_the_argument(options, match):
@@ -92,3 +94,18 @@ def test_inside_jit_and_vmap_the_outer_program_decides():
                 ).params
             )
         )(jnp.zeros(2))
+
+
+def test_true_and_one_are_different_options_whatever_ran_before():
+    # Equal in Python, different to XLA: a cache keyed on the options must not
+    # hand the program compiled for one to a call with the other.
+    fun = lambda x: jnp.sum((x - 1.0) ** 2)
+    opt = so_opt.lbfgs()
+    call = lambda v: so_opt.minimize(
+        fun, jnp.zeros(2), opt, compiler_options={"xla_cpu_ftz": v}
+    )
+    assert compile_options.freeze({"k": True}) != compile_options.freeze({"k": 1})
+    for _ in range(2):
+        np.testing.assert_allclose(call(True).params, 1.0, atol=1e-6)
+        with pytest.raises(Exception, match="xla_cpu_ftz"):
+            call(1)

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 LATENCY_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
-Frozen = tuple[tuple[str, Any], ...]
+Frozen = tuple[tuple[str, str], ...]
 
 
 class LatencyBound(optax.GradientTransformationExtraArgs):
@@ -53,7 +53,16 @@ class LatencyBound(optax.GradientTransformationExtraArgs):
 
 
 def freeze(options: Any, name: str = "compiler_options") -> Frozen:
-    """Validates a mapping of XLA options and returns it as a hashable tuple."""
+    """Validates a mapping of XLA options and returns it as a hashable tuple.
+
+    Values are passed on as the strings XLA parses (``jax.jit`` would make
+    the same ones). Converting first matters for caching: ``True`` and ``1``
+    are equal and hash alike in Python, so a cache keyed on the raw values
+    (``jax.jit``'s own included) would hand the program compiled for one to
+    a call with the other, while XLA takes only ``"True"`` for a boolean
+    option. Values must be Python ``str``, ``bool``, ``int`` or ``float``
+    (numpy floats, which subclass ``float``, count).
+    """
     if not isinstance(options, Mapping):
         raise TypeError(
             f"`{name}` must be a mapping of XLA option names to values, got "
@@ -63,12 +72,19 @@ def freeze(options: Any, name: str = "compiler_options") -> Frozen:
     for key, value in options.items():
         if not isinstance(key, str):
             raise TypeError(f"`{name}` keys must be strings, got {key!r}.")
-        if not isinstance(value, str | bool | int | float):
+        if isinstance(value, float):
+            text = repr(float(value))
+        elif isinstance(value, str | bool | int):
+            text = str(value)
+        else:
+            where = type(value).__module__
+            given = type(value).__qualname__
+            given = given if where == "builtins" else f"{where}.{given}"
             raise TypeError(
-                f"`{name}[{key!r}]` must be a str, bool, int or float, got "
-                f"{type(value).__name__}."
+                f"`{name}[{key!r}]` must be a Python str, bool, int or float, got "
+                f"{given}."
             )
-        items.append((key, value))
+        items.append((key, text))
     return tuple(sorted(items))
 
 

@@ -288,13 +288,17 @@ def minimize(
         optimizer choose: :func:`so_opt.lbfgs` asks XLA:CPU for its
         memory-optimized scheduler, which hands fewer of its small kernels
         to other threads (see ``so_opt/_src/compile_options.py``); any other
-        optimizer gets XLA's defaults. ``{}`` forces the defaults.
+        optimizer, ``so_opt.lbfgs`` inside ``optax.chain`` included, gets
+        XLA's defaults. ``{}`` forces the defaults.
 
     Returns:
       A :class:`MinimizeResult`.
 
     Raises:
-      ValueError: for ``max_steps`` < 1, negative ``gtol`` or empty params.
+      ValueError: for ``max_steps`` < 1, negative ``gtol``, empty params, or
+        non-empty ``compiler_options`` inside ``jax.jit`` or another
+        transformation (there the caller's outermost ``jax.jit`` compiles
+        the loop, and so_opt's own choice is dropped too).
       TypeError: for params that are not floating point, flags that are
         not bools, or ``compiler_options`` that are not a mapping of names
         to str, bool, int or float values.
