@@ -14,7 +14,8 @@ from so_opt._src import compile_options
 def test_lbfgs_is_compiled_for_latency_and_others_with_xla_defaults():
     latency = compile_options.freeze(compile_options.LATENCY_OPTIONS)
     assert compile_options.supported(latency)  # the pinned jaxlib has the option
-    assert compile_options.for_optimizer(so_opt.lbfgs(), None) == latency
+    for marked in (so_opt.lbfgs(), so_opt.bfgs(), so_opt.newton()):
+        assert compile_options.for_optimizer(marked, None) == latency
     assert compile_options.for_optimizer(optax.lbfgs(), None) == ()
     assert (
         compile_options.for_optimizer(so_opt.hessian_free(curvature="hessian"), None)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from so_opt._src import base
+from so_opt._src import base, compile_options
 from so_opt._src import lbfgs as lbfgs_lib
 from so_opt._src import wolfe as wolfe_lib
 
@@ -135,7 +135,9 @@ def bfgs(
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` takes the
       gradient as ``updates`` and needs ``params`` and the extra arguments
-      ``value``, ``grad`` and ``value_fn``.
+      ``value``, ``grad`` and ``value_fn``. It is marked latency-bound, so
+      :func:`so_opt.minimize` compiles its loop with XLA:CPU's
+      memory-optimized scheduler (``compiler_options``).
 
     Raises:
       ValueError: for hyperparameters out of range, and from ``init`` when
@@ -188,4 +190,5 @@ def bfgs(
         rtol = lbfgs_lib.default_curvature_rtol(state.inv_hessian.dtype, curvature_rtol)
         return _bfgs_update(updates, state, params, extra_args, kw, rtol)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # Marked so that so_opt.minimize compiles its loop for latency.
+    return compile_options.LatencyBound(init_fn, update_fn)

@@ -10,10 +10,13 @@ scheduler orders the same kernels so that far fewer are ready together.
 
 It is not a free win everywhere: in the Hessian-free CG loop on the digits
 autoencoder the concurrency pays, and the memory-optimized order was slower
-(measured in BENCHMARKS.md, issue 5). So the choice is per optimizer: a
-transformation marks itself with :class:`LatencyBound`, and
-:func:`so_opt.minimize` compiles its loop with :data:`LATENCY_OPTIONS`.
-Other backends ignore ``xla_cpu_`` options.
+(measured in BENCHMARKS.md, issue 5; ``scripts/bench_scheduler.py``). So
+the choice is per optimizer: a transformation marks itself with
+:class:`LatencyBound` (``lbfgs``, ``bfgs`` and ``newton``, which never lost
+beyond the machine's noise in that A/B), and :func:`so_opt.minimize` compiles
+its loop with :data:`LATENCY_OPTIONS`. Other backends should ignore
+``xla_cpu_`` options (they are fields of XLA's shared debug options); this
+was not checked on a GPU, and :func:`supported` probes the default backend.
 """
 
 from __future__ import annotations

@@ -285,7 +285,8 @@ def minimize(
       verbose: print one line per step with ``jax.debug.print``.
       compiler_options: XLA options for compiling the loop, as in
         ``jax.jit(..., compiler_options=...)``. ``None`` (default) lets the
-        optimizer choose: :func:`so_opt.lbfgs` asks XLA:CPU for its
+        optimizer choose: :func:`so_opt.lbfgs`, :func:`so_opt.bfgs` and
+        :func:`so_opt.newton` ask XLA:CPU for its
         memory-optimized scheduler, which hands fewer of its small kernels
         to other threads (see ``so_opt/_src/compile_options.py``); any other
         optimizer, ``so_opt.lbfgs`` inside ``optax.chain`` included, gets

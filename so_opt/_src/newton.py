@@ -10,7 +10,7 @@ import optax
 import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
-from so_opt._src import base, curvature
+from so_opt._src import base, compile_options, curvature
 
 # Dense workspace, in k x k matrices, besides the Hessian itself: the Cholesky
 # factor, or the eigenvectors plus eigh's own scratch.
@@ -256,6 +256,8 @@ def newton(
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs
       ``params`` and the extra arguments ``value``, ``grad`` and ``value_fn``.
+      It is marked latency-bound, so :func:`so_opt.minimize` compiles its
+      loop with XLA:CPU's memory-optimized scheduler (``compiler_options``).
 
     Raises:
       ValueError: for a negative or zero ``damping``, out-of-range constants,
@@ -388,4 +390,5 @@ def newton(
         )
         return otu.tree_scale(rate, direction), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # Marked so that so_opt.minimize compiles its loop for latency.
+    return compile_options.LatencyBound(init_fn, update_fn)
