@@ -220,6 +220,47 @@ def test_nan_region_never_produces_non_finite_params():
     np.testing.assert_allclose(x, res.params, atol=1e-12)
 
 
+def _x_log_x(x):
+    # Finite value everywhere, NaN gradient for x < 0: the where() pitfall.
+    entropy = jnp.where(x > 0, x * jnp.log(x), 0.0)
+    return jnp.sum(entropy) + jnp.sum((x - 0.5) ** 2)
+
+
+@pytest.mark.parametrize("opt", [so_opt.lbfgs(), so_opt.bfgs()], ids=["lbfgs", "bfgs"])
+def test_trial_with_finite_value_and_nan_gradient_is_refused(opt):
+    # The unit first step from 5 lands at x < 0 (finite value, NaN gradient).
+    # Minimizer: log x + 1 + 2 (x - 1/2) = 0, solved by scipy.
+    root = scipy.optimize.brentq(lambda x: np.log(x) + 2 * x, 1e-3, 1.0)
+    res = so_opt.minimize(_x_log_x, jnp.array([5.0, 5.0]), opt, gtol=1e-8)
+    assert int(res.status) == StatusCode.CONVERGED
+    np.testing.assert_allclose(res.params, [root, root], rtol=1e-7)
+    # In a manual loop every update is finite too.
+    x, state = jnp.array([5.0, 5.0]), opt.init(jnp.array([5.0, 5.0]))
+    for _ in range(int(res.num_steps)):
+        value, grad = jax.value_and_grad(_x_log_x)(x)
+        updates, state = opt.update(
+            grad, state, x, value=value, grad=grad, value_fn=_x_log_x
+        )
+        assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+        x = optax.apply_updates(x, updates)
+    np.testing.assert_allclose(x, res.params, atol=1e-12)
+
+
+def test_update_with_a_non_finite_gradient_is_a_zero_step_and_a_failure():
+    x = jnp.array([1.0, 2.0])
+    grad = jnp.array([jnp.nan, 1.0])
+    updates, state = LBFGS.update(
+        grad,
+        LBFGS.init(x),
+        x,
+        value=jnp.asarray(5.0),
+        grad=grad,
+        value_fn=lambda p: jnp.sum(p**2),
+    )
+    np.testing.assert_array_equal(updates, [0.0, 0.0])
+    assert int(so_opt.status(state)) == StatusCode.LINE_SEARCH_FAILED
+
+
 def test_armijo_line_search_and_has_aux():
     def f(x):
         loss = jnp.sum((x - 2.0) ** 2) + 0.1 * jnp.sum(x**4)

@@ -92,10 +92,12 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
         restart_scale=scale,
         **kw,
     )
-    # The accepted trial's own step, so the cached value and gradient match.
-    updates = wolfe_loop.trial_step(
-        out.result.learning_rate, out.a, out.b, params, direction, grad
-    )
+    # The accepted trial's own step, so the cached value and gradient match;
+    # zero when the search failed, also along a non-finite direction (a
+    # non-finite gradient given to update), where 0 * d would be NaN.
+    t = out.result.learning_rate
+    updates = wolfe_loop.trial_step(t, out.a, out.b, params, direction, grad)
+    updates = otu.tree_where(t > 0, updates, otu.tree_zeros_like(updates))
     return out.result, updates, ~descent | out.restarted
 
 

@@ -172,12 +172,15 @@ def _search_step(carry: _Search, *, evaluate, f0, c1, c2, curvature, grow, t_max
     f, g, slope, aux = evaluate(t, carry.a, carry.b)
     d0 = carry.d0
 
-    # A non-finite trial fails the decrease test, so the search moves away.
+    # A non-finite trial fails the decrease test, so the search moves away:
+    # a non-finite value, and a finite value whose gradient is not (the slope
+    # is then NaN or infinite), as in jnp.where(x > 0, x * log(x), 0) at x < 0.
     # Within roundoff of f(x) the values cannot show the decrease; there the
     # secant estimate of the change, exact for a quadratic, is used as well.
     noise = _ROUNDOFF_ULPS * jnp.finfo(f0.dtype).eps * jnp.abs(f0)
     secant_drop = _secant_lower(f, f0, t, slope, d0, noise, c1 * t * d0)
-    decrease = jnp.isfinite(f) & ((f <= f0 + c1 * t * d0) | secant_drop)
+    finite = jnp.isfinite(f) & jnp.isfinite(slope)
+    decrease = finite & ((f <= f0 + c1 * t * d0) | secant_drop)
     flat = jnp.abs(slope) <= -c2 * d0 if curvature else jnp.asarray(True)
     f_ref = jnp.where(zoom, carry.f_lo, carry.f_prev)
     t_ref = jnp.where(zoom, carry.lo, carry.t_prev)
