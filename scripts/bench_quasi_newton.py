@@ -7,7 +7,8 @@ Four L-BFGS implementations, memory 10, float64, gradient-norm tolerance 1e-6:
     ``optax.value_and_grad_from_state``, inside one jitted ``lax.while_loop``;
   * ``jaxopt``: ``jaxopt.LBFGS(...).run`` under ``jax.jit`` (if installed);
   * ``scipy``: ``scipy.optimize.minimize(method="L-BFGS-B")`` calling a jitted
-    value-and-gradient.
+    value-and-gradient, stopped by a callback at the same Euclidean gradient
+    norm (its own ``gtol`` tests the max-norm).
 
 Problems: Rosenbrock's function, chained (as ``scipy.optimize.rosen``) and
 block-separable ("extended"), n = 2, 100, 1000 from the standard start, and
@@ -203,17 +204,35 @@ def run_scipy(fun, x0):
     value_and_grad = jax.jit(
         lambda flat: jax.value_and_grad(lambda f: fun(unravel(f)))(flat)
     )
+    last = {}
 
     def fg(x):
         value, grad = value_and_grad(x)
-        return float(value), np.asarray(grad, np.float64)
+        grad = np.asarray(grad, np.float64)
+        last["x"], last["grad"] = x.copy(), grad
+        return float(value), grad
 
-    options = {"gtol": GTOL, "ftol": 0.0, "maxcor": MEMORY, "maxiter": MAX_STEPS}
+    # L-BFGS-B's gtol is on the max-norm of the projected gradient, which can
+    # stop it at a Euclidean norm above GTOL; the callback stops it at the
+    # same Euclidean test as the others. The gradient at the new iterate is
+    # the one its line search evaluated last (checked, else evaluated).
+    def stop_at_gtol(intermediate_result):
+        x = intermediate_result.x
+        grad = last["grad"] if np.array_equal(x, last["x"]) else fg(x)[1]
+        if np.linalg.norm(grad) <= GTOL:
+            raise StopIteration
+
+    options = {"gtol": 0.0, "ftol": 0.0, "maxcor": MEMORY, "maxiter": MAX_STEPS}
     start = np.asarray(flat0, np.float64)
 
     def go():
         return scipy.optimize.minimize(
-            fg, start, jac=True, method="L-BFGS-B", options=options
+            fg,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            options=options,
+            callback=stop_at_gtol,
         )
 
     def report(res):

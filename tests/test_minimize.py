@@ -198,3 +198,17 @@ def test_final_state_is_returned_only_on_request():
 def test_flags_that_are_not_bools_name_the_argument(name, value):
     with pytest.raises(TypeError, match=f"`{name}` must be True or False"):
         so_opt.minimize(half_square, jnp.zeros(3), SGD, **{name: value})
+
+
+@pytest.mark.parametrize(
+    "fun",
+    [
+        lambda x: (jnp.sum(x**2), {"aux": x}),  # a has_aux loss
+        lambda x: jnp.sum(x**2, keepdims=True),  # shape (1,)
+        lambda x: jnp.sum(x > 0),  # integer
+    ],
+    ids=["aux", "vector", "integer"],
+)
+def test_a_loss_that_is_not_a_real_scalar_names_fun(fun):
+    with pytest.raises(TypeError, match="`fun` must return a floating-point scalar"):
+        so_opt.minimize(fun, jnp.ones(3), SGD)

@@ -165,8 +165,28 @@ def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
     )
 
 
+def _check_scalar_loss(fun, params) -> None:
+    """Raises ``TypeError`` unless ``fun(params)`` is a floating-point scalar."""
+    out = jax.eval_shape(fun, params)
+    leaves = jax.tree.leaves(out)
+    scalar = (
+        len(leaves) == 1
+        and leaves[0] is out
+        and out.shape == ()
+        and jnp.issubdtype(out.dtype, jnp.floating)
+    )
+    if not scalar:
+        raise TypeError(
+            "`fun` must return a floating-point scalar loss, got "
+            f"{jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', out)}. A loss "
+            "with auxiliary outputs (an optimizer built with `has_aux=True`) is "
+            "for manual loops; give `minimize` `lambda p: fun(p)[0]`."
+        )
+
+
 def _loop(fun, params, optimizer, gtol, max_steps, record_history, keep_state, verbose):
     """The loop behind :func:`minimize`, compiled by :func:`_compiled`."""
+    _check_scalar_loss(fun, params)
     value, grad = jax.value_and_grad(fun)(params)
     value = jnp.asarray(value)
     grad_norm = otu.tree_norm(grad)
@@ -300,7 +320,8 @@ def minimize(
         non-empty ``compiler_options`` inside ``jax.jit`` or another
         transformation (there the caller's outermost ``jax.jit`` compiles
         the loop, and so_opt's own choice is dropped too).
-      TypeError: for params that are not floating point, flags that are
+      TypeError: for a ``fun`` that does not return a floating-point scalar,
+        params that are not floating point, flags that are
         not bools, or ``compiler_options`` that are not a mapping of names
         to str, bool, int or float values.
 
