@@ -113,6 +113,7 @@ def test_memory_budget_error_names_the_argument_and_the_size():
         ({"c1": 0.0}, r"`c1` must be in \(0.0, 1.0\), got 0.0\."),
         ({"memory_budget_bytes": 0}, r"`memory_budget_bytes` must be an integer"),
         ({"curvature_rtol": -0.5}, r"`curvature_rtol` must be >= 0, got -0.5\."),
+        ({"curvature_rtol": 2.0}, r"`curvature_rtol` must be < 1 .*got 2.0\."),
     ],
 )
 def test_bad_hyperparameters_raise_clear_errors(kwargs, match):

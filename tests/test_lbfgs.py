@@ -318,6 +318,7 @@ def test_two_loop_helper_matches_dense_inverse():
         ({"c2": 1e-5}, ValueError, r"`c2` must be greater than `c1`"),
         ({"max_trials": 0}, ValueError, r"`max_trials` must be an integer >= 1"),
         ({"curvature_rtol": -1.0}, ValueError, r"`curvature_rtol` must be >= 0"),
+        ({"curvature_rtol": 1.0}, ValueError, r"`curvature_rtol` must be < 1"),
     ],
 )
 def test_bad_hyperparameters_raise_clear_errors(kwargs, error, match):

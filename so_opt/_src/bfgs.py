@@ -125,11 +125,15 @@ def bfgs(
       line_search: ``"strong_wolfe"`` (default) or ``"armijo"``.
       c1: sufficient-decrease constant in (0, 1).
       c2: curvature constant in (``c1``, 1).
-      max_trials: most evaluations per line search.
-      curvature_rtol: relative threshold :math:`\epsilon_c` >= 0 of the
+      max_trials: most evaluations per line-search attempt; a failed
+        attempt with curvature memory restarts along steepest descent, so an
+        update can spend up to twice this.
+      curvature_rtol: relative threshold :math:`\epsilon_c` in [0, 1) of the
         curvature check; ``None`` for the dtype's machine epsilon.
       memory_budget_bytes: largest size of :math:`H` allowed; ``init``
-        raises beyond it (default 1 GiB).
+        raises beyond it (default 1 GiB). A compiled step holds about three
+        times :math:`H` at its peak (the carried matrix, the updated one and
+        a temporary product), so budget for that.
       has_aux: whether ``value_fn`` returns ``(loss, aux)``.
 
     Returns:
@@ -162,8 +166,7 @@ def bfgs(
             f"got {line_search!r}."
         )
     wolfe_lib.check_line_search_args(c1, c2, max_trials, 2.0, line_search)
-    if curvature_rtol is not None:
-        base.check_positive(curvature_rtol, "curvature_rtol", allow_zero=True)
+    lbfgs_lib.check_curvature_rtol(curvature_rtol)
     base.check_int_at_least(memory_budget_bytes, "memory_budget_bytes", 1)
     kw = dict(
         c1=c1, c2=c2, max_trials=max_trials, condition=line_search, has_aux=has_aux

@@ -50,6 +50,23 @@ def curvature_ok(sy, s_norm, y_norm, rtol) -> jax.Array:
     return jnp.isfinite(sy) & (sy > rtol * s_norm * y_norm) & (s_norm > 0)
 
 
+def check_curvature_rtol(curvature_rtol: float | None) -> None:
+    r"""Raises ``ValueError`` unless ``curvature_rtol`` is None or in [0, 1).
+
+    By Cauchy-Schwarz :math:`s^\top y \le \|s\|\|y\|`, so a threshold of 1
+    or more refuses every pair and the method silently becomes steepest
+    descent.
+    """
+    if curvature_rtol is None:
+        return
+    base.check_positive(curvature_rtol, "curvature_rtol", allow_zero=True)
+    if curvature_rtol >= 1:
+        raise ValueError(
+            "`curvature_rtol` must be < 1 (no pair has s'y >= |s||y|), got "
+            f"{curvature_rtol}."
+        )
+
+
 def default_curvature_rtol(dtype, curvature_rtol: float | None) -> float:
     """The curvature threshold: ``curvature_rtol`` or the machine epsilon."""
     return float(jnp.finfo(dtype).eps) if curvature_rtol is None else curvature_rtol
@@ -227,8 +244,10 @@ def lbfgs(
       line_search: ``"strong_wolfe"`` (default) or ``"armijo"``.
       c1: sufficient-decrease constant in (0, 1).
       c2: curvature constant in (``c1``, 1).
-      max_trials: most evaluations per line search.
-      curvature_rtol: relative threshold :math:`\epsilon_c` >= 0 of the
+      max_trials: most evaluations per line-search attempt; a failed
+        attempt with curvature memory restarts along steepest descent, so an
+        update can spend up to twice this.
+      curvature_rtol: relative threshold :math:`\epsilon_c` in [0, 1) of the
         curvature check; ``None`` for the dtype's machine epsilon.
       has_aux: whether ``value_fn`` returns ``(loss, aux)``.
 
@@ -261,8 +280,7 @@ def lbfgs(
         raise ValueError(
             f"`line_search` must be one of {list(LINE_SEARCHES)}, got {line_search!r}."
         )
-    if curvature_rtol is not None:
-        base.check_positive(curvature_rtol, "curvature_rtol", allow_zero=True)
+    check_curvature_rtol(curvature_rtol)
     kw = dict(
         c1=c1, c2=c2, max_trials=max_trials, condition=line_search, has_aux=has_aux
     )
