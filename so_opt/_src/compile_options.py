@@ -136,8 +136,9 @@ def for_optimizer(optimizer, options: Any | None, params=None) -> Frozen:
         return frozen
     if inside:
         return ()
-    if isinstance(optimizer, LatencyBound):
-        latency = freeze(LATENCY_OPTIONS)
-        if supported(latency):
-            return latency
+    if isinstance(optimizer, LatencyBound) and supported(_LATENCY):
+        return _LATENCY
     return ()
+
+
+_LATENCY = freeze(LATENCY_OPTIONS)
