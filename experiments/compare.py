@@ -567,6 +567,16 @@ def main(argv: Sequence[str] | None = None) -> str:
         problem = configs.check_runnable(config)
     except configs.ConfigError as error:
         parser.error(str(error))
+    if args.run_id is not None and (
+        not args.run_id.strip()
+        or args.run_id != os.path.basename(args.run_id)
+        or args.run_id in (".", "..")
+    ):
+        parser.error(f"`--run-id` must be a plain folder name, got {args.run_id!r}.")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        parser.error(f"`--out` {args.out!r} cannot be created: {error.strerror}.")
     try:
         directory = study(config, args.out, args.run_id, not args.no_progress, problem)
     except ResumeError as error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -110,8 +111,12 @@ SCHEMA: dict[str, Key] = {
     ),
     "targets": Key(
         None,
-        _optional(lambda v: _list_of(_is_number)(v) and len(v) > 0),
-        "a non-empty list of numbers or omitted",
+        _optional(
+            lambda v: (
+                _list_of(lambda t: _is_number(t) and math.isfinite(t))(v) and len(v) > 0
+            )
+        ),
+        "a non-empty list of finite numbers or omitted",
         "target train losses",
     ),
     "tune": Key(False, lambda v: isinstance(v, bool), "true or false", "tune rates"),

@@ -422,3 +422,37 @@ def test_bold_driver_refuses_an_overflowing_step_where_value_fn_is_finite():
     np.testing.assert_array_equal(u, jnp.zeros(2))
     assert not bool(state.accepted)
     assert bool(jnp.all(jnp.isfinite(optax.apply_updates(x, u))))
+
+
+@pytest.mark.parametrize(
+    "make", [so_opt.rprop, so_opt.delta_bar_delta], ids=["rprop", "delta_bar_delta"]
+)
+def test_elementwise_rules_refuse_a_non_finite_gradient(make):
+    opt = make()
+    state = opt.init(jnp.ones(2))
+    # One ordinary step first, so the refused one has a state to keep.
+    _, state = opt.update(jnp.array([1.0, -2.0]), state)
+    for bad in (jnp.nan, jnp.inf):
+        updates, refused = opt.update(jnp.array([bad, 1.0]), state)
+        np.testing.assert_array_equal(updates, [0.0, 0.0])
+        assert int(so_opt.status(refused)) == StatusCode.NON_FINITE
+        # The adaptation is not poisoned: the next finite step is the one the
+        # state before the bad gradient would have given.
+        expected, _ = opt.update(jnp.array([1.0, 1.0]), state)
+        got, after = opt.update(jnp.array([1.0, 1.0]), refused)
+        np.testing.assert_array_equal(got, expected)
+        assert int(so_opt.status(after)) == StatusCode.RUNNING
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [so_opt.bold_driver(), so_opt.reduce_on_plateau(), so_opt.newbob()],
+    ids=["bold_driver", "reduce_on_plateau", "newbob"],
+)
+def test_an_unreduced_loss_is_refused_before_it_reshapes_the_params(opt):
+    params = jnp.ones(1)
+    per_example = lambda p: p**2 * jnp.ones(3)  # forgot the .mean()
+    state = opt.init(params)
+    grad = jax.grad(lambda p: per_example(p).sum())(params)
+    with pytest.raises(ValueError, match="needs a scalar loss in `value`"):
+        opt.update(grad, state, params, value=per_example(params), value_fn=per_example)

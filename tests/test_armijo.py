@@ -392,3 +392,32 @@ def test_rate_given_as_a_string_or_infinite_is_refused():
 def test_growth_and_momentum_given_as_strings_are_refused(name):
     with pytest.raises(TypeError, match=rf"`{name}` must be a real number, got '2'"):
         so_opt.armijo_sgd(**{name: "2"})
+
+
+def test_trusted_direction_changed_by_an_earlier_transform_is_not_searched_uphill():
+    # Weight decay before armijo_sgd turns the gradient into an ascent
+    # direction here; the search must refuse it instead of accepting a rise.
+    fun = lambda p: 1e-3 * jnp.sum((p - 5.0) ** 2)
+    opt = optax.chain(optax.add_decayed_weights(10.0), so_opt.armijo_sgd())
+    # In float32 the search used to end on a rise of about 1e-7 in the loss.
+    params = jnp.array([1.0], jnp.float32)
+    value, grad = jax.value_and_grad(fun)(params)
+    updates, state = opt.update(
+        grad, opt.init(params), params, value=value, grad=grad, value_fn=fun
+    )
+    np.testing.assert_array_equal(updates, [0.0])
+    assert int(so_opt.status(state)) == so_opt.StatusCode.LINE_SEARCH_FAILED
+    assert int(so_opt.costs(state).value_evals) == 0  # no trial spent uphill
+    # Alone, the same search descends.
+    alone = so_opt.armijo_sgd()
+    updates, state = alone.update(
+        grad, alone.init(params), params, value=value, grad=grad, value_fn=fun
+    )
+    assert float(fun(params + updates)) < float(value)
+    assert int(so_opt.status(state)) == so_opt.StatusCode.RUNNING
+
+
+@pytest.mark.parametrize("name", ["independent_batch", "has_aux", "nesterov"])
+def test_flags_must_be_bools(name):
+    with pytest.raises(TypeError, match=f"`{name}` must be True or False"):
+        so_opt.armijo_sgd(**{name: "no"})

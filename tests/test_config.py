@@ -140,6 +140,9 @@ def test_bad_config_fails_before_any_work(tmp_path, capsys):
         (["--targets", "0.1,low"], "`--targets` expects comma-separated numbers"),
         (["--problem-arg", "hidden"], "`--problem-arg` expects KEY=VALUE"),
         (["--hparam", "learning_rate=0.1"], "`--hparam` expects OPTIMIZER.NAME"),
+        (["--targets", "0.1,nan"], "'targets' must be a non-empty list of finite"),
+        (["--run-id", "../elsewhere"], "`--run-id` must be a plain folder name"),
+        (["--run-id", ""], "`--run-id` must be a plain folder name"),
     ],
 )
 def test_bad_option_value_names_the_option(tmp_path, capsys, argv, option):
@@ -173,3 +176,11 @@ def test_grid_points_leave_out_fixed_hyperparameters():
     assert len(points) == 6 and {"a": 0.2, "b": 3} in points
     assert configs.grid_points(method, {"b": 5}) == [{"a": 0.1}, {"a": 0.2}]
     assert configs.grid_points(method, {"a": 0.3, "b": 5}) == []
+
+
+def test_an_out_folder_that_cannot_be_made_is_a_usage_error(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        compare.main(["--quick", "--out", str(blocker / "results")])
+    assert "`--out`" in capsys.readouterr().err

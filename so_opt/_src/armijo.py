@@ -274,6 +274,12 @@ def scale_by_armijo(
       stochastic gradient: interpolation, line-search, and convergence rates*,
       NeurIPS 2019.
     """
+    for flag, name in (
+        (independent_batch, "independent_batch"),
+        (has_aux, "has_aux"),
+        (trust_direction, "trust_direction"),
+    ):
+        base.check_bool(flag, name)
     base.check_positive(learning_rate, "learning_rate")
     _check_choice(condition, "condition", CONDITIONS)
     if condition == "goldstein":
@@ -321,19 +327,29 @@ def scale_by_armijo(
         if independent_batch:
             value = jnp.asarray(fn(params), dtype)
         else:
-            value = jnp.asarray(base.extra_arg(extra_args, "value", caller), dtype)
+            value = base.extra_arg(extra_args, "value", caller)
+            value = base.check_scalar(value, "value", caller).astype(dtype)
 
         direction, slope, descent, finite = _direction(
             updates, grad, dtype, trust_direction
         )
         finite = finite & jnp.isfinite(value)
+        # A trusted direction is -grad only when nothing before this search in
+        # a chain changed the updates (weight decay, clipping of a different
+        # gradient...); one that does not descend is refused, not searched,
+        # since Armijo's test would then accept an increase.
+        uphill = finite & (slope >= 0) if trust_direction else None
 
         cap = jnp.asarray(max_learning_rate, dtype)
         initial = _initial_rate(state.learning_rate, learning_rate, cap, reset, growth)
         config = (c1, shrink, max_backtracks + 1, goldstein)
+        searchable = finite if uphill is None else finite & ~uphill
         rate, trials, code = _search(
-            fn, params, direction, value, slope, initial, cap, finite, config
+            fn, params, direction, value, slope, initial, cap, searchable, config
         )
+        if uphill is not None:
+            code = jnp.where(uphill, base.StatusCode.LINE_SEARCH_FAILED, code)
+            code = code.astype(base.COUNTER_DTYPE)
         accepted = code == base.StatusCode.RUNNING
 
         used_fallback = None
@@ -436,6 +452,7 @@ def armijo_sgd(
       Vaswani et al., *Painless stochastic gradient: interpolation,
       line-search, and convergence rates*, NeurIPS 2019.
     """
+    base.check_bool(nesterov, "nesterov")
     base.check_real(momentum, "momentum")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")

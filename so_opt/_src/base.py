@@ -158,6 +158,30 @@ def make_status(code: Any) -> Status:
     return Status(jnp.asarray(code, COUNTER_DTYPE))
 
 
+def refuse_non_finite(grad: PyTree, updates: Updates, new_state, old_state):
+    """A rule's step, or a zero step and its old state if ``grad`` is not finite.
+
+    For the element-wise rules (Rprop, delta-bar-delta): a NaN or infinite
+    gradient entry would otherwise become a NaN step and, kept in the state,
+    poison that entry's adaptation for good. The refused step reports
+    ``NON_FINITE`` in the state's ``status`` field.
+
+    Returns:
+      ``(updates, state)``.
+    """
+    leaves = jax.tree_util.tree_leaves(grad)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, updates)
+    updates = jax.tree_util.tree_map(
+        lambda u, z: jnp.where(finite, u, z), updates, zeros
+    )
+    kept = jax.tree_util.tree_map(
+        lambda a, b: jnp.where(finite, a, b), new_state, old_state
+    )
+    code = jnp.where(finite, StatusCode.RUNNING, StatusCode.NON_FINITE)
+    return updates, kept._replace(status=make_status(code))
+
+
 def status(state: PyTree) -> jax.Array:
     """Returns the worst (largest) :class:`StatusCode` found in a state.
 
@@ -190,6 +214,21 @@ def extra_arg(extra_args: dict[str, Any], name: str, caller: str) -> Any:
             f"received extra arguments: {given}."
         )
     return extra_args[name]
+
+
+def check_scalar(value: Any, name: str, caller: str) -> jax.Array:
+    """Returns ``value`` as an array, raising ``ValueError`` unless it is 0-d.
+
+    A loss left unreduced (a missing ``.mean()``) would otherwise broadcast
+    into the step and silently change the shape of the params.
+    """
+    value = jnp.asarray(value)
+    if value.ndim:
+        raise ValueError(
+            f"`{caller}` needs a scalar loss in `{name}`, got shape {value.shape} "
+            "(reduce the per-example losses, e.g. with .mean())."
+        )
+    return value
 
 
 def check_float_params(params: PyTree, name: str = "params") -> None:

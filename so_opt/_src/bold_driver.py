@@ -114,12 +114,13 @@ def bold_driver(
             raise TypeError(f"`{caller}` needs `params` in `update`.")
         fn = loss_only(base.extra_arg(extra_args, "value_fn", caller), has_aux)
         rate = state.learning_rate
-        value = jnp.asarray(base.extra_arg(extra_args, "value", caller))
-        value = value.astype(rate.dtype)
+        value = base.extra_arg(extra_args, "value", caller)
+        value = base.check_scalar(value, "value", caller).astype(rate.dtype)
         finite = jnp.isfinite(value) & jnp.isfinite(otu.tree_vdot(updates, updates))
 
         step = otu.tree_scale(-rate, updates)
-        trial = jnp.asarray(fn(otu.tree_add(params, step)), rate.dtype)
+        trial = fn(otu.tree_add(params, step))
+        trial = base.check_scalar(trial, "value_fn", caller).astype(rate.dtype)
         # A step that overflowed is refused even where ``value_fn`` is finite.
         step_finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(s)) for s in jax.tree.leaves(step)])

@@ -18,7 +18,8 @@ class DeltaBarDeltaState(NamedTuple):
       learning_rate: per-parameter rates (a pytree like the params).
       grad_average: exponential average :math:`\\bar\\delta` of the gradient.
       costs: work counters (the rule itself evaluates nothing).
-      status: always ``RUNNING``.
+      status: ``NON_FINITE`` when the last gradient was not finite (the step
+        was then zero and the state kept).
     """
 
     learning_rate: base.Updates
@@ -112,6 +113,7 @@ def delta_bar_delta(
             lambda a, g: (1 - theta) * g + theta * a, state.grad_average, updates
         )
         new_updates = tree_map(lambda r, g: -r * g, rates, updates)
-        return new_updates, state._replace(learning_rate=rates, grad_average=average)
+        new_state = state._replace(learning_rate=rates, grad_average=average)
+        return base.refuse_non_finite(updates, new_updates, new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

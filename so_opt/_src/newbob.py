@@ -66,6 +66,10 @@ def _monitored(state, extra_args, steps_per_epoch, dtype):
     value = extra_args.get("value")
     if heldout is None and value is None:
         base.extra_arg(extra_args, "heldout_value", "newbob")
+    if value is not None:
+        value = base.check_scalar(value, "value", "newbob")
+    if heldout is not None:
+        heldout = base.check_scalar(heldout, "heldout_value", "newbob")
     value_sum = state.value_sum
     if value is not None:
         value_sum = value_sum + jnp.asarray(value, dtype)

@@ -134,7 +134,7 @@ def reduce_on_plateau(
         del params
         value = base.extra_arg(extra_args, "value", "reduce_on_plateau")
         dtype = state.scale.dtype
-        value = jnp.asarray(value, dtype)
+        value = base.check_scalar(value, "value", "reduce_on_plateau").astype(dtype)
         # A non-finite value or update gives a zero update and NON_FINITE and
         # is not counted: the state is left as it was.
         finite = jnp.isfinite(value) & jnp.all(

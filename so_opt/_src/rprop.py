@@ -18,7 +18,8 @@ class RpropState(NamedTuple):
       step_size: per-parameter step sizes (a pytree like the params).
       prev_grad: gradient of the last update, zeroed where its sign flipped.
       costs: work counters (the rule itself evaluates nothing).
-      status: always ``RUNNING``.
+      status: ``NON_FINITE`` when the last gradient was not finite (the step
+        was then zero and the state kept).
     """
 
     step_size: base.Updates
@@ -136,6 +137,6 @@ def rprop(
             for parts in zip(*treedef.flatten_up_to(out), strict=True)
         )
         new_state = RpropState(step_size, prev_grad, state.costs, state.status)
-        return new_updates, new_state
+        return base.refuse_non_finite(updates, new_updates, new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
