@@ -456,3 +456,28 @@ def test_an_unreduced_loss_is_refused_before_it_reshapes_the_params(opt):
     grad = jax.grad(lambda p: per_example(p).sum())(params)
     with pytest.raises(ValueError, match="needs a scalar loss in `value`"):
         opt.update(grad, state, params, value=per_example(params), value_fn=per_example)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, error, match",
+    [
+        (so_opt.rprop, {"eta_plus": "2"}, TypeError, "`eta_plus` must be a real"),
+        (
+            so_opt.rprop,
+            {"eta_plus": float("inf")},
+            ValueError,
+            "`eta_plus` must be fin",
+        ),
+        (so_opt.rprop, {"max_learning_rate": float("nan")}, ValueError, "`max_learn"),
+        (so_opt.bold_driver, {"increase": "2"}, TypeError, "`increase` must be a real"),
+        (so_opt.bold_driver, {"increase": float("inf")}, ValueError, "`increase` mu"),
+        (so_opt.delta_bar_delta, {"theta": "0.5"}, TypeError, "`theta` must be a real"),
+        (so_opt.newbob, {"stop_threshold": "0"}, TypeError, "`stop_threshold` must"),
+        (so_opt.reduce_on_plateau, {"min_scale": 2.0}, ValueError, "`min_scale` must"),
+    ],
+)
+def test_hyperparameters_of_the_wrong_kind_or_out_of_range_are_named(
+    make, kwargs, error, match
+):
+    with pytest.raises(error, match=match):
+        make(**kwargs)

@@ -90,6 +90,7 @@ def bold_driver(
       methods*, Complex Systems, 1989.
     """
     base.check_positive(learning_rate, "learning_rate")
+    base.check_positive(increase, "increase")  # a finite real number
     if not increase >= 1.0:
         raise ValueError(f"`increase` must be >= 1, got {increase}.")
     base.check_in_open_interval(decrease, "decrease", 0.0, 1.0)

@@ -81,6 +81,7 @@ def delta_bar_delta(
         kappa = learning_rate / 10
     base.check_positive(kappa, "kappa")
     base.check_in_open_interval(phi, "phi", 0.0, 1.0)
+    base.check_positive(theta, "theta", allow_zero=True)
     if not 0.0 <= theta < 1.0:
         raise ValueError(f"`theta` must be in [0, 1), got {theta}.")
     if max_learning_rate is not None:

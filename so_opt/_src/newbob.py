@@ -168,6 +168,7 @@ def newbob(
     """
     base.check_positive(learning_rate, "learning_rate")
     base.check_positive(start_threshold, "start_threshold", allow_zero=True)
+    base.check_positive(stop_threshold, "stop_threshold", allow_zero=True)
     if not 0.0 <= stop_threshold <= start_threshold:
         raise ValueError(
             f"`stop_threshold` must be in [0, `start_threshold`] = "

@@ -115,6 +115,8 @@ def reduce_on_plateau(
     base.check_int_at_least(cooldown, "cooldown", 0)
     base.check_int_at_least(accumulation_size, "accumulation_size", 1)
     base.check_positive(min_scale, "min_scale", allow_zero=True)
+    if min_scale > 1:
+        raise ValueError(f"`min_scale` must be <= 1 (a reduction), got {min_scale}.")
 
     def init_fn(params):
         dtype = base.params_dtype(params)

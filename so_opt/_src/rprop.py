@@ -104,9 +104,11 @@ def rprop(
     """
     base.check_positive(learning_rate, "learning_rate")
     base.check_in_open_interval(eta_minus, "eta_minus", 0.0, 1.0)
+    base.check_positive(eta_plus, "eta_plus")  # a finite real number
     if not eta_plus > 1.0:
         raise ValueError(f"`eta_plus` must be > 1, got {eta_plus}.")
     base.check_positive(min_learning_rate, "min_learning_rate")
+    base.check_positive(max_learning_rate, "max_learning_rate")
     if not max_learning_rate >= learning_rate >= min_learning_rate:
         raise ValueError(
             "`learning_rate` must lie in [`min_learning_rate`, "
