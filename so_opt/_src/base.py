@@ -158,6 +158,12 @@ def make_status(code: Any) -> Status:
     return Status(jnp.asarray(code, COUNTER_DTYPE))
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+    """Whether every entry of every leaf of ``tree`` is finite (True if empty)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def refuse_non_finite(grad: PyTree, updates: Updates, new_state, old_state):
     """A rule's step, or a zero step and its old state if ``grad`` is not finite.
 
@@ -169,12 +175,8 @@ def refuse_non_finite(grad: PyTree, updates: Updates, new_state, old_state):
     Returns:
       ``(updates, state)``.
     """
-    leaves = jax.tree_util.tree_leaves(grad)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, updates)
-    updates = jax.tree_util.tree_map(
-        lambda u, z: jnp.where(finite, u, z), updates, zeros
-    )
+    finite = all_finite(grad)
+    updates = jax.tree_util.tree_map(lambda u: jnp.where(finite, u, 0), updates)
     kept = jax.tree_util.tree_map(
         lambda a, b: jnp.where(finite, a, b), new_state, old_state
     )

@@ -123,9 +123,7 @@ def bold_driver(
         trial = fn(otu.tree_add(params, step))
         trial = base.check_scalar(trial, "value_fn", caller).astype(rate.dtype)
         # A step that overflowed is refused even where ``value_fn`` is finite.
-        step_finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(s)) for s in jax.tree.leaves(step)])
-        )
+        step_finite = base.all_finite(step)
         accepted = finite & step_finite & jnp.isfinite(trial) & (trial <= value)
         lowered = accepted & (trial < value)
         new_rate = jnp.where(

@@ -87,12 +87,6 @@ def _monitored(state, extra_args, steps_per_epoch, dtype):
     return monitored, new_epoch, value_sum
 
 
-def _all_finite(tree: base.PyTree) -> jax.Array:
-    """Whether every entry of every leaf of ``tree`` is finite."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def _rate_after(new_epoch: jax.Array, rate: jax.Array, state: NewbobState):
     """The rate of this update: the new epoch's rate on a boundary."""
     return jnp.where(new_epoch, rate, state.learning_rate).astype(rate.dtype)
@@ -215,7 +209,7 @@ def newbob(
         # A non-finite value, held-out value, gradient or step gives a zero
         # update and NON_FINITE, and leaves the schedule as it was.
         step = otu.tree_scale(-_rate_after(new_epoch, rate, state), updates)
-        finite = _all_finite(step) & _all_finite(updates)
+        finite = base.all_finite(step) & base.all_finite(updates)
         if extra_args.get("value") is not None:
             finite = finite & jnp.isfinite(jnp.asarray(extra_args["value"]))
         if extra_args.get("heldout_value") is not None:

@@ -139,9 +139,7 @@ def reduce_on_plateau(
         value = base.check_scalar(value, "value", "reduce_on_plateau").astype(dtype)
         # A non-finite value or update gives a zero update and NON_FINITE and
         # is not counted: the state is left as it was.
-        finite = jnp.isfinite(value) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)])
-        )
+        finite = jnp.isfinite(value) & base.all_finite(updates)
         value_sum = state.value_sum + jnp.where(finite, value, 0.0)
         count = state.count + finite.astype(state.count.dtype)
         full = finite & (count >= accumulation_size)
