@@ -25,6 +25,17 @@ def test_lbfgs_is_compiled_for_latency_and_others_with_xla_defaults():
     assert compile_options.for_optimizer(so_opt.lbfgs(), {}) == ()
 
 
+def test_the_cpu_option_is_chosen_only_for_params_on_the_cpu(monkeypatch):
+    latency = compile_options.freeze(compile_options.LATENCY_OPTIONS)
+    opt = so_opt.lbfgs()
+    assert compile_options.for_optimizer(opt, None, jnp.zeros(2)) == latency
+    assert compile_options.for_optimizer(opt, None, np.zeros(2)) == latency
+    # numpy params go to the default backend: elsewhere, XLA's own defaults.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert compile_options.for_optimizer(opt, None, np.zeros(2)) == ()
+    assert compile_options.for_optimizer(opt, None, jnp.zeros(2)) == latency
+
+
 def test_lbfgs_stays_an_optax_transformation():
     opt = so_opt.lbfgs()
     assert isinstance(opt, optax.GradientTransformationExtraArgs)

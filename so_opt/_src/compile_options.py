@@ -14,9 +14,9 @@ autoencoder the concurrency pays, and the memory-optimized order was slower
 the choice is per optimizer: a transformation marks itself with
 :class:`LatencyBound` (``lbfgs``, ``bfgs`` and ``newton``, which never lost
 beyond the machine's noise in that A/B), and :func:`so_opt.minimize` compiles
-its loop with :data:`LATENCY_OPTIONS`. Other backends should ignore
-``xla_cpu_`` options (they are fields of XLA's shared debug options); this
-was not checked on a GPU, and :func:`supported` probes the default backend.
+its loop with :data:`LATENCY_OPTIONS`. The measurements are XLA:CPU's, and
+the option is an XLA:CPU one, so the choice is made only for params on the
+CPU; on a GPU or TPU the loop gets that backend's defaults.
 """
 
 from __future__ import annotations
@@ -115,14 +115,26 @@ def traced(params) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
 
 
+def on_cpu(params) -> bool:
+    """Whether ``params`` live on the CPU (numpy leaves: the default backend)."""
+    platforms = {
+        device.platform
+        for leaf in jax.tree.leaves(params)
+        if isinstance(leaf, jax.Array)
+        for device in leaf.devices()
+    }
+    return platforms == {"cpu"} or (not platforms and jax.default_backend() == "cpu")
+
+
 def for_optimizer(optimizer, options: Any | None, params=None) -> Frozen:
     """The options to compile ``optimizer``'s loop with.
 
     ``options`` given by the caller win, validated; ``None`` picks
-    :data:`LATENCY_OPTIONS` for a :class:`LatencyBound` optimizer, when this
-    jaxlib supports them, and XLA's defaults otherwise. Inside another
-    transformation the loop is part of the caller's program, which the
-    caller compiles: no options then (given ones raise, naming why).
+    :data:`LATENCY_OPTIONS` for a :class:`LatencyBound` optimizer on params
+    on the CPU, when this jaxlib supports them, and XLA's defaults
+    otherwise. Inside another transformation the loop is part of the
+    caller's program, which the caller compiles: no options then (given ones
+    raise, naming why).
     """
     inside = traced(params)
     if options is not None:
@@ -136,7 +148,7 @@ def for_optimizer(optimizer, options: Any | None, params=None) -> Frozen:
         return frozen
     if inside:
         return ()
-    if isinstance(optimizer, LatencyBound) and supported(_LATENCY):
+    if isinstance(optimizer, LatencyBound) and on_cpu(params) and supported(_LATENCY):
         return _LATENCY
     return ()
 

@@ -306,7 +306,7 @@ def minimize(
       compiler_options: XLA options for compiling the loop, as in
         ``jax.jit(..., compiler_options=...)``. ``None`` (default) lets the
         optimizer choose: :func:`so_opt.lbfgs`, :func:`so_opt.bfgs` and
-        :func:`so_opt.newton` ask XLA:CPU for its
+        :func:`so_opt.newton`, with params on the CPU, ask XLA:CPU for its
         memory-optimized scheduler, which hands fewer of its small kernels
         to other threads (see ``so_opt/_src/compile_options.py``); any other
         optimizer, ``so_opt.lbfgs`` inside ``optax.chain`` included, gets
