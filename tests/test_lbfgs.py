@@ -285,6 +285,24 @@ def test_armijo_line_search_and_has_aux():
     np.testing.assert_allclose(x, np.full(4, root), rtol=1e-5)
 
 
+@pytest.mark.parametrize("line_search", ["armijo", "strong_wolfe"])
+@pytest.mark.parametrize("make", [so_opt.lbfgs, so_opt.bfgs], ids=["lbfgs", "bfgs"])
+def test_a_step_below_the_resolution_of_the_params_is_a_failure(make, line_search):
+    # From x = 3 every point ahead is NaN, and any step that stays finite is
+    # below the float32 spacing at 3 (2.4e-7): x, f and g come back unchanged.
+    # Such a step must be refused (LINE_SEARCH_FAILED), not accepted again and
+    # again on the roundoff rule until max_steps.
+    wall = lambda x: jnp.sum(jnp.where(x > 3.0, jnp.nan, (x - 5.0) ** 2))
+    res = so_opt.minimize(
+        wall, jnp.zeros(1, jnp.float32), make(line_search=line_search)
+    )
+    assert int(res.status) == StatusCode.LINE_SEARCH_FAILED
+    assert int(res.num_steps) <= 3
+    np.testing.assert_array_equal(res.params, [3.0])
+    # One failed update (two attempts of at most max_trials each) per step.
+    assert int(res.costs.grad_evals) <= 1 + 2 * 30 * (int(res.num_steps) + 1)
+
+
 def test_two_loop_helper_matches_dense_inverse():
     rng = np.random.default_rng(3)
     dim, m = 5, 4

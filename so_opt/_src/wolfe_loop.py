@@ -89,9 +89,15 @@ def _secant_lower(f, f_ref, dt, slope, d_ref, noise, bound):
     The change :math:`\phi(t) - \phi(t_r)` is estimated by the secant rule
     :math:`(t - t_r)(\phi'(t) + \phi'(t_r)) / 2`, exact for a quadratic, and
     used only where the two values differ by no more than their roundoff.
+    Equal values and equal slopes are no evidence of a change: that is what a
+    step below the resolution of the params gives (the point did not move),
+    and the secant rule would then vouch for a decrease of
+    :math:`(t - t_r)\phi'(t_r)` that never happened.
     """
     within = jnp.abs(f - f_ref) <= noise
-    return within & (0.5 * dt * (slope + d_ref) <= bound) & jnp.isfinite(slope)
+    moved = (f != f_ref) | (slope != d_ref)
+    drop = 0.5 * dt * (slope + d_ref) <= bound
+    return within & moved & drop & jnp.isfinite(slope)
 
 
 def trial_step(t, a, b, params, direction, grad) -> base.Updates:
