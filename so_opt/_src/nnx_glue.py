@@ -29,8 +29,9 @@ class NNXObjective:
     """A loss over the ``nnx.Param`` state of an NNX model, on one batch.
 
     Attributes:
-      params: the trainable parameters (an ``nnx.State``), the pytree to
-        optimize.
+      params: the trainable parameters when the objective was built (an
+        ``nnx.State``, a copy: ``nnx.update`` on the model leaves it as it
+        is), the pytree to optimize.
       graphdef: the static structure of the model.
       rest: non-trainable variables (held fixed while optimizing).
       loss_fn: ``loss_fn(outputs, batch) -> scalar``.
@@ -135,4 +136,8 @@ def nnx_objective(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if not jax.tree_util.tree_leaves(params):
         raise TypeError("`model` has no nnx.Param variables to optimize.")
+    # nnx.split hands out the model's own Variable objects, which a later
+    # nnx.update(model, ...) rewrites in place: the starting params (and the
+    # held variables) are copied, so the objective stays what it was built as.
+    params, rest = jax.tree.map(lambda x: x, (params, rest))
     return NNXObjective(params, graphdef, rest, loss_fn, batch, inputs_fn)
