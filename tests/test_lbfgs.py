@@ -355,6 +355,35 @@ def test_bad_params_and_missing_extra_args_name_the_argument():
         opt.update(x, opt.init(x))
 
 
+@pytest.mark.parametrize("make", [so_opt.lbfgs, so_opt.bfgs], ids=["lbfgs", "bfgs"])
+@pytest.mark.parametrize(
+    "extra, error, match",
+    [
+        ({"value": jnp.ones(3)}, ValueError, r"needs a scalar loss in `value`"),
+        ({"grad": jnp.ones(3)}, ValueError, r"`grad` .*shape"),
+        ({"grad": [jnp.ones(2)]}, ValueError, r"`grad` must have the tree structure"),
+        ({"value_fn": 3.0}, TypeError, r"a function of the params as `value_fn=`"),
+    ],
+)
+def test_misused_update_arguments_are_named(make, extra, error, match):
+    # Each would otherwise broadcast or fail deep inside the line search.
+    opt, x = make(), jnp.ones(2)
+    kwargs = {
+        "value": jnp.asarray(2.0),
+        "grad": x,
+        "value_fn": lambda p: jnp.sum(p**2),
+        **extra,
+    }
+    with pytest.raises(error, match=match):
+        opt.update(x, opt.init(x), x, **kwargs)
+
+
+@pytest.mark.parametrize("make", [so_opt.lbfgs, so_opt.bfgs], ids=["lbfgs", "bfgs"])
+def test_has_aux_must_be_a_bool(make):
+    with pytest.raises(TypeError, match=r"`has_aux` must be True or False, got 1 "):
+        make(has_aux=1)
+
+
 def test_params_of_mixed_dtypes_are_refused_in_init():
     params = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(2, jnp.float64)}
     with pytest.raises(TypeError, match=r"`params` of `lbfgs` must hold leaves of one"):

@@ -212,3 +212,59 @@ def test_flags_that_are_not_bools_name_the_argument(name, value):
 def test_a_loss_that_is_not_a_real_scalar_names_fun(fun):
     with pytest.raises(TypeError, match="`fun` must return a floating-point scalar"):
         so_opt.minimize(fun, jnp.ones(3), SGD)
+
+
+def _weighted_square(x, target, weight):
+    return 0.5 * weight * jnp.sum((x - target) ** 2)
+
+
+def test_args_are_traced_so_new_data_reuse_the_compiled_loop():
+    from so_opt._src import minimize as minimize_lib
+
+    opt = so_opt.lbfgs()
+    run = lambda target, weight: so_opt.minimize(
+        _weighted_square, jnp.zeros(3), opt, args=(target, weight), gtol=1e-10
+    )
+    first = run(TARGET, jnp.asarray(2.0))
+    jitted = minimize_lib._compiled(compile_options_for(opt))
+    compiled = jitted._cache_size()
+    second = run(-2.0 * TARGET, jnp.asarray(3.0))
+    # The minimizer is each call's own target: nothing is frozen from the first.
+    np.testing.assert_allclose(first.params, TARGET, atol=1e-9)
+    np.testing.assert_allclose(second.params, -2.0 * TARGET, atol=1e-9)
+    np.testing.assert_allclose(second.value, 0.0, atol=1e-18)
+    assert jitted._cache_size() == compiled
+
+
+def compile_options_for(opt):
+    from so_opt._src import compile_options
+
+    return compile_options.for_optimizer(opt, None, jnp.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "fun, optimizer, args, match",
+    [
+        (half_square, so_opt.lbfgs, (), r"`optimizer` must be an optax.*`lbfgs\(\)`"),
+        (half_square, None, (), r"`optimizer` must be an optax .*got None\.$"),
+        (3.0, SGD, (), r"`fun` must be a function of the params, got 3\.0"),
+        (half_square, SGD, [TARGET], r"`args` must be a tuple .*got list"),
+    ],
+)
+def test_bad_fun_optimizer_and_args_name_the_argument(fun, optimizer, args, match):
+    with pytest.raises(TypeError, match=match):
+        so_opt.minimize(fun, jnp.zeros(3), optimizer, args=args)
+
+
+def test_an_unhashable_fun_is_named_with_a_remedy():
+    class Loss:  # a mutable callable: no __hash__
+        __hash__ = None
+
+        def __call__(self, x):
+            return half_square(x)
+
+    with pytest.raises(TypeError, match=r"`fun` must be hashable.*lambda p: fun"):
+        so_opt.minimize(Loss(), jnp.zeros(3), SGD)
+    loss = Loss()
+    res = so_opt.minimize(lambda p: loss(p), jnp.zeros(3), SGD, max_steps=50)
+    np.testing.assert_allclose(res.params, TARGET, atol=1e-6)

@@ -207,15 +207,39 @@ def status(state: PyTree) -> jax.Array:
     return worst
 
 
+# Extra arguments of ``update`` that are functions, not values.
+_CLOSURE_ARGS = frozenset(
+    {
+        "value_fn",
+        "model_fn",
+        "output_loss_fn",
+        "curvature_value_fn",
+        "curvature_model_fn",
+        "curvature_output_loss_fn",
+    }
+)
+
+
 def extra_arg(extra_args: dict[str, Any], name: str, caller: str) -> Any:
-    """Fetches a required extra argument of ``update`` or raises a clear error."""
+    """Fetches a required extra argument of ``update`` or raises a clear error.
+
+    The closures of the contract (``value_fn``, ``model_fn``,
+    ``output_loss_fn``) must be callable: a number passed by mistake would
+    otherwise fail deep inside a trace, without naming the argument.
+    """
     if name not in extra_args or extra_args[name] is None:
         given = sorted(extra_args) or "none"
         raise TypeError(
             f"`{caller}` needs the extra argument `{name}=` in `update`; "
             f"received extra arguments: {given}."
         )
-    return extra_args[name]
+    arg = extra_args[name]
+    if name in _CLOSURE_ARGS and not callable(arg):
+        raise TypeError(
+            f"`{caller}` needs a function of the params as `{name}=`, got "
+            f"{type(arg).__name__} {arg!r:.60}."
+        )
+    return arg
 
 
 def check_scalar(value: Any, name: str, caller: str) -> jax.Array:

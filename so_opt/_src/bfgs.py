@@ -62,9 +62,7 @@ def bfgs_inverse_update(h, s, y, sy):
 
 def _bfgs_update(updates, state, params, extra_args, kw, rtol):
     """One BFGS step: direction, line search, inverse-Hessian update."""
-    value = base.extra_arg(extra_args, "value", "bfgs")
-    grad = base.extra_arg(extra_args, "grad", "bfgs")
-    value_fn = base.extra_arg(extra_args, "value_fn", "bfgs")
+    value, grad, value_fn = lbfgs_lib.checked_args(updates, params, extra_args, "bfgs")
     flat_updates, unravel = ravel_pytree(updates)
     h = state.inv_hessian
     # Without pairs the search takes the bounded steepest step instead.
@@ -165,7 +163,7 @@ def bfgs(
             f"`line_search` must be one of {list(lbfgs_lib.LINE_SEARCHES)}, "
             f"got {line_search!r}."
         )
-    wolfe_lib.check_line_search_args(c1, c2, max_trials, 2.0, line_search)
+    wolfe_lib.check_line_search_args(c1, c2, max_trials, 2.0, line_search, has_aux)
     lbfgs_lib.check_curvature_rtol(curvature_rtol)
     base.check_int_at_least(memory_budget_bytes, "memory_budget_bytes", 1)
     kw = dict(

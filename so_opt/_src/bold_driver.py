@@ -89,6 +89,7 @@ def bold_driver(
       Battiti, *Accelerated backpropagation learning: two optimization
       methods*, Complex Systems, 1989.
     """
+    base.check_bool(has_aux, "has_aux")
     base.check_positive(learning_rate, "learning_rate")
     base.check_positive(increase, "increase")  # a finite real number
     if not increase >= 1.0:

@@ -83,10 +83,8 @@ def _operator(config: _Config, params, extra_args):
     """Curvature product v -> C v, linearized once at ``params``."""
 
     def fetch(name, fallback, caller):
-        given = extra_args.get(name)
-        return (
-            given if given is not None else base.extra_arg(extra_args, fallback, caller)
-        )
+        chosen = name if extra_args.get(name) is not None else fallback
+        return base.extra_arg(extra_args, chosen, caller)
 
     if config.curvature == "hessian":
         fun = fetch("curvature_value_fn", "value_fn", _CALLER)

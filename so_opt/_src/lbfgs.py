@@ -10,6 +10,7 @@ import optax
 import optax.tree_utils as otu
 
 from so_opt._src import base, compile_options, tree_rows, wolfe_loop
+from so_opt._src import tree as tree_lib
 from so_opt._src import wolfe as wolfe_lib
 
 LINE_SEARCHES = ("strong_wolfe", "armijo")
@@ -118,6 +119,21 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
     return out.result, updates, ~descent | out.restarted
 
 
+def checked_args(updates, params, extra_args, caller):
+    """``value``, ``grad`` and ``value_fn`` of an update, checked at trace time.
+
+    A non-scalar value or a gradient shaped unlike the params would otherwise
+    broadcast inside the search and fail there without naming the argument.
+    """
+    value = base.extra_arg(extra_args, "value", caller)
+    value = base.check_scalar(value, "value", caller)
+    grad = base.extra_arg(extra_args, "grad", caller)
+    value_fn = base.extra_arg(extra_args, "value_fn", caller)
+    for tree, name in ((updates, "updates"), (grad, "grad")):
+        tree_lib.check_tree_like(tree, params, name, check_dtypes=False)
+    return value, grad, value_fn
+
+
 def two_loop(grad, s_memory, y_memory, rho, head, gamma):
     """Returns :math:`H g` for the L-BFGS inverse Hessian :math:`H` (two loops)."""
     m = rho.shape[0]
@@ -160,9 +176,7 @@ def _write_slot(memory, new, index, accept):
 
 def _lbfgs_update(updates, state, params, extra_args, kw, rtol):
     """One L-BFGS step: direction, line search, memory update."""
-    value = base.extra_arg(extra_args, "value", "lbfgs")
-    grad = base.extra_arg(extra_args, "grad", "lbfgs")
-    value_fn = base.extra_arg(extra_args, "value_fn", "lbfgs")
+    value, grad, value_fn = checked_args(updates, params, extra_args, "lbfgs")
     dtype = state.rho.dtype
     has_memory = jnp.any(state.rho > 0)
     hg = two_loop(
@@ -284,7 +298,7 @@ def lbfgs(
     kw = dict(
         c1=c1, c2=c2, max_trials=max_trials, condition=line_search, has_aux=has_aux
     )
-    wolfe_lib.check_line_search_args(c1, c2, max_trials, 2.0, line_search)
+    wolfe_lib.check_line_search_args(c1, c2, max_trials, 2.0, line_search, has_aux)
 
     def init_fn(params):
         base.check_float_params(params)

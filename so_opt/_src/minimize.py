@@ -179,13 +179,47 @@ def _check_scalar_loss(fun, params) -> None:
         raise TypeError(
             "`fun` must return a floating-point scalar loss, got "
             f"{jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', out)}. A loss "
-            "with auxiliary outputs (an optimizer built with `has_aux=True`) is "
-            "for manual loops; give `minimize` `lambda p: fun(p)[0]`."
+            "with auxiliary outputs is for manual loops; give `minimize` "
+            "`lambda p: fun(p)[0]` and an optimizer built without `has_aux`."
         )
 
 
-def _loop(fun, params, optimizer, gtol, max_steps, record_history, keep_state, verbose):
+def fun_of_params(fun, args, params):
+    """``fun(params, *args)``: the loss as a function of the params alone."""
+    return fun(params, *args)
+
+
+def _check_static_args(fun, optimizer) -> None:
+    """Raises ``TypeError`` for a ``fun`` or ``optimizer`` the loop cannot take.
+
+    Both are static arguments of the compiled loop, so they must be hashable;
+    an optimizer factory passed uncalled (``so_opt.lbfgs``) is named as such.
+    """
+    if not callable(fun):
+        raise TypeError(f"`fun` must be a function of the params, got {fun!r:.60}.")
+    try:
+        hash(fun)
+    except TypeError:
+        raise TypeError(
+            f"`fun` must be hashable (a static argument of the compiled loop), "
+            f"got an unhashable {type(fun).__name__}; wrap it in a function, "
+            "e.g. `lambda p: fun(p)`."
+        ) from None
+    if not isinstance(optimizer, optax.GradientTransformation):
+        name = getattr(optimizer, "__name__", None)
+        hint = f" (a factory? call it: `{name}()`)" if callable(optimizer) else ""
+        raise TypeError(
+            "`optimizer` must be an optax GradientTransformation, got "
+            f"{optimizer!r:.60}{hint}."
+        )
+
+
+def _loop(
+    fun, params, args, optimizer, gtol, max_steps, record_history, keep_state, verbose
+):
     """The loop behind :func:`minimize`, compiled by :func:`_compiled`."""
+    # The data in ``args`` are traced: one compilation serves any values.
+    fun = functools.partial(fun_of_params, fun, args)
     _check_scalar_loss(fun, params)
     value, grad = jax.value_and_grad(fun)(params)
     value = jnp.asarray(value)
@@ -259,6 +293,7 @@ def minimize(
     params: base.Params,
     optimizer: optax.GradientTransformation,
     *,
+    args: tuple[Any, ...] = (),
     max_steps: int = 1000,
     gtol: float = 1e-6,
     record_history: bool = False,
@@ -279,8 +314,15 @@ def minimize(
     or the optimizer reports a failure in its state (``so_opt.status``), or
     a step reaches a non-finite loss, gradient or params (the step is then
     not taken: the result keeps the last finite point). The whole loop is
-    one ``jax.lax.while_loop`` in one compiled function; repeated calls with
-    the same ``fun`` and ``optimizer`` objects reuse the compilation.
+    one ``jax.lax.while_loop`` in one compiled function.
+
+    Compilation: ``params``, ``args`` and ``gtol`` are traced, so a call with
+    new values of the same shapes reuses the compiled loop. ``fun``,
+    ``optimizer``, ``max_steps`` and the flags are static: a new object (a
+    fresh ``lambda`` or ``so_opt.lbfgs()``) or a new value compiles again,
+    and whatever ``fun`` reads from its closure is frozen into the program
+    when it is first compiled. Pass data that changes between calls in
+    ``args`` (or call ``minimize`` inside your own ``jax.jit``).
 
     Evaluations: the driver computes the value and gradient at the start and
     after each step, except when the optimizer's state holds them for the
@@ -291,10 +333,12 @@ def minimize(
     they ignore the extra arguments.
 
     Args:
-      fun: loss of the params, returning a scalar; must be hashable (a
-        function), as it is a static argument of the compiled loop.
+      fun: loss ``fun(params, *args)``, returning a scalar; must be hashable
+        (a function), as it is a static argument of the compiled loop.
       params: initial params, a pytree of floating arrays.
       optimizer: an optax ``GradientTransformation`` (so_opt or optax).
+      args: a tuple of further arguments of ``fun`` (data, targets), traced:
+        new values of the same shapes reuse the compiled loop.
       max_steps: most optimizer updates, >= 1.
       gtol: stop when the gradient's Euclidean norm is at most this, >= 0.
       record_history: keep the loss after every step in ``history``.
@@ -320,8 +364,10 @@ def minimize(
         non-empty ``compiler_options`` inside ``jax.jit`` or another
         transformation (there the caller's outermost ``jax.jit`` compiles
         the loop, and so_opt's own choice is dropped too).
-      TypeError: for a ``fun`` that does not return a floating-point scalar,
-        params that are not floating point, flags that are
+      TypeError: for a ``fun`` that is not a hashable function or does not
+        return a floating-point scalar, an ``optimizer`` that is not a
+        ``GradientTransformation``, ``args`` that are not a tuple, params
+        that are not floating point, flags that are
         not bools, or ``compiler_options`` that are not a mapping of names
         to str, bool, int or float values.
 
@@ -336,6 +382,12 @@ def minimize(
       Nocedal and Wright, *Numerical Optimization*, 2nd ed., Springer, 2006,
       Chapter 3 (line-search methods and their stopping tests).
     """
+    _check_static_args(fun, optimizer)
+    if not isinstance(args, tuple):
+        raise TypeError(
+            f"`args` must be a tuple of extra arguments of `fun`, got "
+            f"{type(args).__name__}; for one argument write `args=(x,)`."
+        )
     base.check_int_at_least(max_steps, "max_steps", 1)
     base.check_positive(gtol, "gtol", allow_zero=True)
     base.check_float_params(params)
@@ -351,6 +403,7 @@ def minimize(
     return run(
         fun,
         params,
+        args,
         optimizer,
         gtol,
         max_steps,

@@ -67,9 +67,15 @@ class WolfeState(NamedTuple):
 
 
 def check_line_search_args(
-    c1: float, c2: float, max_trials: int, increase_factor: float, condition: str
+    c1: float,
+    c2: float,
+    max_trials: int,
+    increase_factor: float,
+    condition: str,
+    has_aux: bool = False,
 ) -> None:
     """Validates line-search hyperparameters eagerly (Python values only)."""
+    base.check_bool(has_aux, "has_aux")
     base.check_in_open_interval(c1, "c1", 0.0, 1.0)
     base.check_in_open_interval(c2, "c2", 0.0, 1.0)
     if not c1 < c2:
@@ -160,7 +166,7 @@ def wolfe_line_search(
       Algorithms 3.5 and 3.6; Wolfe, *Convergence conditions for ascent
       methods*, SIAM Review, 1969.
     """
-    check_line_search_args(c1, c2, max_trials, increase_factor, condition)
+    check_line_search_args(c1, c2, max_trials, increase_factor, condition, has_aux)
     base.check_positive_unless_traced(learning_rate, "learning_rate")
     if max_learning_rate is not None:
         base.check_positive_unless_traced(max_learning_rate, "max_learning_rate")
@@ -241,7 +247,7 @@ def scale_by_wolfe(
       Nocedal and Wright, *Numerical Optimization*, 2nd ed., Springer, 2006,
       Section 3.5.
     """
-    check_line_search_args(c1, c2, max_trials, increase_factor, condition)
+    check_line_search_args(c1, c2, max_trials, increase_factor, condition, has_aux)
     base.check_positive(learning_rate, "learning_rate")
     search_args = dict(
         c1=c1,
