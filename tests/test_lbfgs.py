@@ -246,19 +246,32 @@ def test_trial_with_finite_value_and_nan_gradient_is_refused(opt):
     np.testing.assert_allclose(x, res.params, atol=1e-12)
 
 
-def test_update_with_a_non_finite_gradient_is_a_zero_step_and_a_failure():
-    x = jnp.array([1.0, 2.0])
-    grad = jnp.array([jnp.nan, 1.0])
-    updates, state = LBFGS.update(
+@pytest.mark.parametrize("make", [so_opt.lbfgs, so_opt.bfgs], ids=["lbfgs", "bfgs"])
+@pytest.mark.parametrize(
+    "value, grad, code",
+    [
+        (5.0, [jnp.nan, 1.0], StatusCode.NON_FINITE),
+        (5.0, [jnp.inf, 1.0], StatusCode.NON_FINITE),
+        (jnp.nan, [1.0, 1.0], StatusCode.NON_FINITE),
+        # A stationary point: no descent direction, and nothing failed.
+        (5.0, [0.0, 0.0], StatusCode.CONVERGED),
+    ],
+)
+def test_an_update_that_cannot_search_is_a_zero_step_that_says_why(
+    make, value, grad, code
+):
+    opt, x, grad = make(), jnp.array([1.0, 2.0]), jnp.array(grad)
+    updates, state = opt.update(
         grad,
-        LBFGS.init(x),
+        opt.init(x),
         x,
-        value=jnp.asarray(5.0),
+        value=jnp.asarray(value),
         grad=grad,
         value_fn=lambda p: jnp.sum(p**2),
     )
     np.testing.assert_array_equal(updates, [0.0, 0.0])
-    assert int(so_opt.status(state)) == StatusCode.LINE_SEARCH_FAILED
+    assert int(so_opt.status(state)) == code
+    assert int(so_opt.costs(state).grad_evals) == 0
 
 
 def test_armijo_line_search_and_has_aux():

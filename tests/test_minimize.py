@@ -268,3 +268,17 @@ def test_an_unhashable_fun_is_named_with_a_remedy():
     loss = Loss()
     res = so_opt.minimize(lambda p: loss(p), jnp.zeros(3), SGD, max_steps=50)
     np.testing.assert_allclose(res.params, TARGET, atol=1e-6)
+
+
+def test_a_float32_gradient_norm_past_the_range_is_reported_not_stepped_on():
+    # |g| = 2e20 * sqrt(3): finite entries, but |g|^2 overflows float32. The
+    # documented outcome is NON_FINITE at the start, the params untouched.
+    fun = lambda x: 1e20 * jnp.sum((x - 1.0) ** 2)
+    res = so_opt.minimize(fun, jnp.zeros(3, jnp.float32), so_opt.lbfgs())
+    assert int(res.status) == StatusCode.NON_FINITE
+    assert int(res.num_steps) == 0
+    np.testing.assert_array_equal(res.params, np.zeros(3, np.float32))
+    # In float64 the same loss is an ordinary quadratic.
+    res = so_opt.minimize(fun, jnp.zeros(3), so_opt.lbfgs(), gtol=1e-2)
+    assert int(res.status) == StatusCode.CONVERGED
+    np.testing.assert_allclose(res.params, 1.0, rtol=1e-12)

@@ -27,7 +27,11 @@ class BFGSState(NamedTuple):
       learning_rate: step accepted by the last line search.
       cache: value and gradient at the accepted point.
       costs: cumulative work counters.
-      status: ``LINE_SEARCH_FAILED`` when the last update found no step.
+      status: ``LINE_SEARCH_FAILED`` when the last update found no step,
+        ``NON_FINITE`` when its value or gradient was not finite (or the
+        squared gradient norm overflowed the dtype: in float32 a norm above
+        about 1.8e19),
+        ``CONVERGED`` when its gradient was exactly zero.
     """
 
     count: jax.Array

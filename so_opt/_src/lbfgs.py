@@ -31,7 +31,11 @@ class LBFGSState(NamedTuple):
       learning_rate: step accepted by the last line search.
       cache: value and gradient at the accepted point.
       costs: cumulative work counters.
-      status: ``LINE_SEARCH_FAILED`` when the last update found no step.
+      status: ``LINE_SEARCH_FAILED`` when the last update found no step,
+        ``NON_FINITE`` when its value or gradient was not finite (or the
+        squared gradient norm overflowed the dtype: in float32 a norm above
+        about 1.8e19),
+        ``CONVERGED`` when its gradient was exactly zero.
     """
 
     count: jax.Array
@@ -84,7 +88,11 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
     same search loop restarts along steepest descent.
 
     Returns ``(result, updates, reset flag)``: the updates are the accepted
-    step :math:`\\eta d` in the dtypes of ``params``.
+    step :math:`\\eta d` in the dtypes of ``params``. Where no step is found,
+    the result's status says why: ``NON_FINITE`` for a non-finite ``value``
+    or ``grad``, ``CONVERGED`` at an exactly zero gradient (a stationary
+    point: there is no descent direction to search), else
+    ``LINE_SEARCH_FAILED``.
     """
     dtype = base.params_dtype(params)
     # |g|^2, <g, d> and |d|^2 from one product of the stacked pair.
@@ -116,7 +124,13 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
     t = out.result.learning_rate
     updates = wolfe_loop.trial_step(t, out.a, out.b, params, direction, grad)
     updates = otu.tree_where(t > 0, updates, otu.tree_zeros_like(updates))
-    return out.result, updates, ~descent | out.restarted
+    code = jnp.select(
+        [~jnp.isfinite(value) | ~jnp.isfinite(g_sq), g_sq == 0],
+        [base.StatusCode.NON_FINITE, base.StatusCode.CONVERGED],
+        out.result.status,
+    ).astype(out.result.status.dtype)
+    result = out.result._replace(status=code)
+    return result, updates, ~descent | out.restarted
 
 
 def checked_args(updates, params, extra_args, caller):

@@ -316,6 +316,11 @@ def minimize(
     not taken: the result keeps the last finite point). The whole loop is
     one ``jax.lax.while_loop`` in one compiled function.
 
+    Norms are computed in the params' dtype, without rescaling: in float32 a
+    gradient norm above about 1.8e19 overflows (the start or step counts as
+    non-finite) and one below about 1e-19 underflows to zero (counts as
+    converged). Rescale such a loss, or run it in float64.
+
     Compilation: ``params``, ``args`` and ``gtol`` are traced, so a call with
     new values of the same shapes reuses the compiled loop. ``fun``,
     ``optimizer``, ``max_steps`` and the flags are static: a new object (a

@@ -96,7 +96,9 @@ def nnx_objective(
     variables are held fixed. The closures are pure functions of params, so
     they can be passed to optimizers and differentiated for Hessian- and
     Gauss-Newton-vector products. Put trained params back with
-    ``nnx.update(model, params)``.
+    ``nnx.update(model, params)``. A model with batch statistics or dropout
+    must be in evaluation mode (``model.eval()``) first: in training mode it
+    updates its own state when called, which Flax refuses inside a trace.
 
     Args:
       model: an ``nnx.Module``.
