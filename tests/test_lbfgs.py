@@ -316,6 +316,30 @@ def test_a_step_below_the_resolution_of_the_params_is_a_failure(make, line_searc
     assert int(res.costs.grad_evals) <= 1 + 2 * 30 * (int(res.num_steps) + 1)
 
 
+@pytest.mark.parametrize("make", [so_opt.lbfgs, so_opt.bfgs], ids=["lbfgs", "bfgs"])
+def test_armijo_steps_lower_the_value_strictly_and_stop_at_the_floor(make):
+    # float32 logistic regression asked for |g| <= 1e-9, far below what its
+    # values can resolve: every accepted step lowers the loss, and the run
+    # ends LINE_SEARCH_FAILED at the floor instead of MAX_STEPS (before, steps
+    # that changed nothing, or values that rose and fell by an ulp, went on).
+    p = breast_cancer_logreg(dtype="float32")
+    fun = lambda params: p.loss(params, p.train)
+    opt = make(line_search="armijo")
+    res = so_opt.minimize(
+        fun, p.init_params(0), opt, gtol=1e-9, max_steps=1000, record_history=True
+    )
+    assert int(res.status) == StatusCode.LINE_SEARCH_FAILED
+    steps = int(res.num_steps)
+    assert steps < 200
+    history = np.asarray(res.history[: steps + 1])
+    assert np.all(np.diff(history) < 0)
+    # Stopped at the minimum value to float32 accuracy (float64 reference).
+    p64 = breast_cancer_logreg(dtype="float64")
+    w_ref, b_ref = logreg_reference(p64)
+    best = float(p64.loss({"w": w_ref, "b": b_ref}, p64.train))
+    assert float(res.value) == pytest.approx(best, rel=1e-6)
+
+
 def test_two_loop_helper_matches_dense_inverse():
     rng = np.random.default_rng(3)
     dim, m = 5, 4

@@ -126,7 +126,10 @@ def wolfe_line_search(
     lowest trial that met sufficient decrease is returned (``wolfe`` False);
     if there is none, the step is 0 and the status ``LINE_SEARCH_FAILED``.
     With ``condition="armijo"`` only the first inequality is required (the
-    same loop then backtracks by interpolation).
+    same loop then backtracks by interpolation), and the accepted value must
+    be strictly lower than :math:`\phi(0)`: at the precision floor of the
+    loss, where no trial can show a decrease, the search fails instead of
+    taking steps that change nothing.
 
     Args:
       value_fn: loss of the params (``(loss, aux)`` with ``has_aux``).

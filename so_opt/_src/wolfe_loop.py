@@ -187,7 +187,15 @@ def _search_step(carry: _Search, *, evaluate, f0, c1, c2, curvature, grow, t_max
     secant_drop = _secant_lower(f, f0, t, slope, d0, noise, c1 * t * d0)
     finite = jnp.isfinite(f) & jnp.isfinite(slope)
     decrease = finite & ((f <= f0 + c1 * t * d0) | secant_drop)
-    flat = jnp.abs(slope) <= -c2 * d0 if curvature else jnp.asarray(True)
+    if curvature:
+        flat = jnp.abs(slope) <= -c2 * d0
+    else:
+        # Without the curvature test nothing else stops a search at the
+        # precision floor: there c1 t d0 is below an ulp of f0, so an unchanged
+        # value passes the test above, and values within roundoff can rise
+        # and fall by an ulp forever. An Armijo step must lower the value.
+        decrease = decrease & (f < f0)
+        flat = jnp.asarray(True)
     f_ref = jnp.where(zoom, carry.f_lo, carry.f_prev)
     t_ref = jnp.where(zoom, carry.lo, carry.t_prev)
     # In both phases d_lo holds the slope at the reference point.
