@@ -245,7 +245,12 @@ def compile_options_for(opt):
 @pytest.mark.parametrize(
     "fun, optimizer, args, match",
     [
-        (half_square, so_opt.lbfgs, (), r"`optimizer` must be an optax.*`lbfgs\(\)`"),
+        (
+            half_square,
+            so_opt.lbfgs,
+            (),
+            r"`optimizer` must be an optax.*`lbfgs\(\.\.\.\)`",
+        ),
         (half_square, None, (), r"`optimizer` must be an optax .*got None\.$"),
         (3.0, SGD, (), r"`fun` must be a function of the params, got 3\.0"),
         (half_square, SGD, [TARGET], r"`args` must be a tuple .*got list"),
@@ -282,3 +287,13 @@ def test_a_float32_gradient_norm_past_the_range_is_reported_not_stepped_on():
     res = so_opt.minimize(fun, jnp.zeros(3), so_opt.lbfgs(), gtol=1e-2)
     assert int(res.status) == StatusCode.CONVERGED
     np.testing.assert_allclose(res.params, 1.0, rtol=1e-12)
+
+
+def test_optax_multisteps_is_taken_as_optax_takes_it():
+    # optax.MultiSteps has init and update but is no GradientTransformation
+    # NamedTuple: two accumulated half-steps of sgd(0.5) per update.
+    res = so_opt.minimize(
+        half_square, jnp.zeros(3), optax.MultiSteps(SGD, 2), max_steps=200
+    )
+    assert int(res.status) == StatusCode.CONVERGED
+    np.testing.assert_allclose(res.params, TARGET, atol=1e-6)

@@ -228,7 +228,7 @@ def extra_arg(extra_args: dict[str, Any], name: str, caller: str) -> Any:
     otherwise fail deep inside a trace, without naming the argument.
     """
     if name not in extra_args or extra_args[name] is None:
-        given = sorted(extra_args) or "none"
+        given = sorted(k for k, v in extra_args.items() if v is not None) or "none"
         raise TypeError(
             f"`{caller}` needs the extra argument `{name}=` in `update`; "
             f"received extra arguments: {given}."

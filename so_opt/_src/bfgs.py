@@ -31,7 +31,9 @@ class BFGSState(NamedTuple):
         ``NON_FINITE`` when its value or gradient was not finite (or the
         squared gradient norm overflowed the dtype: in float32 a norm above
         about 1.8e19),
-        ``CONVERGED`` when its gradient was exactly zero.
+        ``CONVERGED`` when its gradient's squared norm was zero (a
+        stationary point, not necessarily a minimum; in float32 a gradient
+        norm below about 1e-19 rounds to it).
     """
 
     count: jax.Array

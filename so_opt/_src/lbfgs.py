@@ -35,7 +35,9 @@ class LBFGSState(NamedTuple):
         ``NON_FINITE`` when its value or gradient was not finite (or the
         squared gradient norm overflowed the dtype: in float32 a norm above
         about 1.8e19),
-        ``CONVERGED`` when its gradient was exactly zero.
+        ``CONVERGED`` when its gradient's squared norm was zero (a
+        stationary point, not necessarily a minimum; in float32 a gradient
+        norm below about 1e-19 rounds to it).
     """
 
     count: jax.Array
@@ -90,7 +92,7 @@ def search_with_fallback(value_fn, params, direction, value, grad, has_memory, k
     Returns ``(result, updates, reset flag)``: the updates are the accepted
     step :math:`\\eta d` in the dtypes of ``params``. Where no step is found,
     the result's status says why: ``NON_FINITE`` for a non-finite ``value``
-    or ``grad``, ``CONVERGED`` at an exactly zero gradient (a stationary
+    or ``grad``, ``CONVERGED`` where :math:`\\|g\\|^2` is zero (a stationary
     point: there is no descent direction to search), else
     ``LINE_SEARCH_FAILED``.
     """

@@ -205,12 +205,17 @@ def _check_static_args(fun, optimizer) -> None:
             f"got an unhashable {type(fun).__name__}; wrap it in a function, "
             "e.g. `lambda p: fun(p)`."
         ) from None
-    if not isinstance(optimizer, optax.GradientTransformation):
-        name = getattr(optimizer, "__name__", None)
-        hint = f" (a factory? call it: `{name}()`)" if callable(optimizer) else ""
+    # Duck-typed as optax itself is: optax.MultiSteps is no NamedTuple.
+    has = lambda name: callable(getattr(optimizer, name, None))
+    if not (has("init") and has("update")):
+        # A module-level factory passed uncalled (so_opt.lbfgs, optax.adam).
+        qualname = getattr(optimizer, "__qualname__", "<locals>")
+        hint = "" if "<locals>" in qualname else f"; call it: `{qualname}(...)`"
+        given = repr(optimizer)
+        given = given if len(given) <= 60 else f"a {type(optimizer).__name__}"
         raise TypeError(
-            "`optimizer` must be an optax GradientTransformation, got "
-            f"{optimizer!r:.60}{hint}."
+            "`optimizer` must be an optax GradientTransformation (with `init` "
+            f"and `update`), got {given}{hint}."
         )
 
 
@@ -322,7 +327,9 @@ def minimize(
     converged). Rescale such a loss, or run it in float64.
 
     Compilation: ``params``, ``args`` and ``gtol`` are traced, so a call with
-    new values of the same shapes reuses the compiled loop. ``fun``,
+    new values of the same shapes and dtypes reuses the compiled loop (to
+    ``jax.jit`` a Python float, a numpy scalar and a 0-d array are three
+    different types). ``fun``,
     ``optimizer``, ``max_steps`` and the flags are static: a new object (a
     fresh ``lambda`` or ``so_opt.lbfgs()``) or a new value compiles again,
     and whatever ``fun`` reads from its closure is frozen into the program
@@ -335,7 +342,11 @@ def minimize(
     backtracking line searches; see :func:`so_opt.value_and_grad_from_state`).
     Plain optax transforms
     (``optax.sgd``) are wrapped with ``optax.with_extra_args_support``, so
-    they ignore the extra arguments.
+    they ignore the extra arguments. Only ``value``, ``grad`` and
+    ``value_fn`` are passed: an optimizer that needs more, such as
+    :func:`so_opt.hessian_free` with its default Gauss-Newton curvature
+    (``model_fn``, ``output_loss_fn``), runs in a manual loop, or here with
+    ``curvature="hessian"``.
 
     Args:
       fun: loss ``fun(params, *args)``, returning a scalar; must be hashable
