@@ -27,13 +27,8 @@ class BFGSState(NamedTuple):
       learning_rate: step accepted by the last line search.
       cache: value and gradient at the accepted point.
       costs: cumulative work counters.
-      status: ``LINE_SEARCH_FAILED`` when the last update found no step,
-        ``NON_FINITE`` when its value or gradient was not finite (or the
-        squared gradient norm overflowed the dtype: in float32 a norm above
-        about 1.8e19),
-        ``CONVERGED`` when its gradient's squared norm was zero (a
-        stationary point, not necessarily a minimum; in float32 a gradient
-        norm below about 1e-19 rounds to it).
+      status: as in :class:`so_opt.LBFGSState` (``LINE_SEARCH_FAILED``,
+        ``NON_FINITE`` or ``CONVERGED`` when the last update took no step).
     """
 
     count: jax.Array
