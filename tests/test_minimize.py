@@ -297,3 +297,55 @@ def test_optax_multisteps_is_taken_as_optax_takes_it():
     )
     assert int(res.status) == StatusCode.CONVERGED
     np.testing.assert_allclose(res.params, TARGET, atol=1e-6)
+
+
+def test_gauss_newton_closures_reach_the_optimizer_with_the_args():
+    # hessian_free's default curvature needs model_fn and output_loss_fn;
+    # minimize binds them to the same traced args as fun and must follow a
+    # manual loop given the problem's own closures on that batch, step for step.
+    from so_opt.problems import digits_mlp
+
+    problem = digits_mlp(hidden=(8,), dtype="float64")
+    batch = problem.train
+    opt = so_opt.hessian_free()
+    x0 = problem.init_params(0)
+    res = so_opt.minimize(
+        problem.loss,
+        x0,
+        opt,
+        args=(batch,),
+        model_fn=problem.model_fn,
+        output_loss_fn=problem.output_loss_fn,
+        max_steps=4,
+        gtol=0.0,
+    )
+    assert int(res.status) == StatusCode.MAX_STEPS
+
+    fun, extra = problem.value_fn(batch), problem.extra_args(batch)
+    step = jax.jit(lambda g, s, x, v: opt.update(g, s, x, value=v, grad=g, **extra))
+    x, state = x0, opt.init(x0)
+    for _ in range(4):
+        value, grad = jax.value_and_grad(fun)(x)
+        updates, state = step(grad, state, x, value)
+        x = optax.apply_updates(x, updates)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), x, res.params
+    )
+    assert int(res.costs.hvp_evals) == int(so_opt.costs(state).hvp_evals) > 0
+    assert float(res.value) < 0.5 * float(fun(x0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model_fn": lambda p, b: p}, r"`model_fn` and `output_loss_fn` go together"),
+        ({"output_loss_fn": half_square}, r"got only `output_loss_fn`"),
+        (
+            {"model_fn": 1.0, "output_loss_fn": half_square},
+            r"`model_fn` must be a function of the params, got 1\.0",
+        ),
+    ],
+)
+def test_gauss_newton_closures_are_checked(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        so_opt.minimize(half_square, jnp.zeros(3), SGD, **kwargs)

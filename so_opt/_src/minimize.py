@@ -104,7 +104,7 @@ def _optax_line_search_evals(state) -> jax.Array:
     return counts
 
 
-def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
+def _body(carry: _Carry, *, fun, extra, optimizer, max_steps, gtol, verbose) -> _Carry:
     """One optimizer step, with the checks that decide whether to go on."""
     updates, state = optimizer.update(
         carry.grad,
@@ -113,6 +113,7 @@ def _body(carry: _Carry, *, fun, optimizer, max_steps, gtol, verbose) -> _Carry:
         value=carry.value,
         grad=carry.grad,
         value_fn=fun,
+        **extra,
     )
     params = optax.apply_updates(carry.params, updates)
     value, grad, reused = wolfe_lib.value_and_grad_from_state(
@@ -184,27 +185,44 @@ def _check_scalar_loss(fun, params) -> None:
         )
 
 
-def fun_of_params(fun, args, params):
-    """``fun(params, *args)``: the loss as a function of the params alone."""
-    return fun(params, *args)
+def bind_args(fn, args, x):
+    """``fn(x, *args)``: a closure of the contract as a function of ``x`` alone."""
+    return fn(x, *args)
 
 
-def _check_static_args(fun, optimizer) -> None:
-    """Raises ``TypeError`` for a ``fun`` or ``optimizer`` the loop cannot take.
+def _check_function(fn, name: str, of: str = "the params") -> None:
+    """Raises ``TypeError`` unless ``fn`` is a hashable callable.
 
-    Both are static arguments of the compiled loop, so they must be hashable;
-    an optimizer factory passed uncalled (``so_opt.lbfgs``) is named as such.
+    The functions are static arguments of the compiled loop, so they must be
+    hashable.
     """
-    if not callable(fun):
-        raise TypeError(f"`fun` must be a function of the params, got {fun!r:.60}.")
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be a function of {of}, got {fn!r:.60}.")
     try:
-        hash(fun)
+        hash(fn)
     except TypeError:
         raise TypeError(
-            f"`fun` must be hashable (a static argument of the compiled loop), "
-            f"got an unhashable {type(fun).__name__}; wrap it in a function, "
-            "e.g. `lambda p: fun(p)`."
+            f"`{name}` must be hashable (a static argument of the compiled loop), "
+            f"got an unhashable {type(fn).__name__}; wrap it in a function, "
+            f"e.g. `lambda p: {name}(p)`."
         ) from None
+
+
+def _check_static_args(fun, optimizer, model_fn, output_loss_fn) -> None:
+    """Raises ``TypeError`` for functions or an ``optimizer`` the loop cannot take.
+
+    An optimizer factory passed uncalled (``so_opt.lbfgs``) is named as such.
+    """
+    _check_function(fun, "fun")
+    if (model_fn is None) != (output_loss_fn is None):
+        raise TypeError(
+            "`model_fn` and `output_loss_fn` go together (Gauss-Newton "
+            "curvature needs both), got only "
+            f"`{'model_fn' if output_loss_fn is None else 'output_loss_fn'}`."
+        )
+    if model_fn is not None:
+        _check_function(model_fn, "model_fn")
+        _check_function(output_loss_fn, "output_loss_fn", "the model outputs")
     # Duck-typed as optax itself is: optax.MultiSteps is no NamedTuple.
     has = lambda name: callable(getattr(optimizer, name, None))
     if not (has("init") and has("update")):
@@ -220,11 +238,27 @@ def _check_static_args(fun, optimizer) -> None:
 
 
 def _loop(
-    fun, params, args, optimizer, gtol, max_steps, record_history, keep_state, verbose
+    fun,
+    params,
+    args,
+    optimizer,
+    gtol,
+    max_steps,
+    record_history,
+    keep_state,
+    verbose,
+    gauss_newton,
 ):
     """The loop behind :func:`minimize`, compiled by :func:`_compiled`."""
     # The data in ``args`` are traced: one compilation serves any values.
-    fun = functools.partial(fun_of_params, fun, args)
+    fun = functools.partial(bind_args, fun, args)
+    extra = {}
+    if gauss_newton is not None:
+        model_fn, output_loss_fn = gauss_newton
+        extra = {
+            "model_fn": functools.partial(bind_args, model_fn, args),
+            "output_loss_fn": functools.partial(bind_args, output_loss_fn, args),
+        }
     _check_scalar_loss(fun, params)
     value, grad = jax.value_and_grad(fun)(params)
     value = jnp.asarray(value)
@@ -252,6 +286,7 @@ def _loop(
     body = functools.partial(
         _body,
         fun=fun,
+        extra=extra,
         optimizer=optimizer,
         max_steps=max_steps,
         gtol=gtol,
@@ -289,6 +324,7 @@ def _compiled(options: compile_options.Frozen):
             "record_history",
             "keep_state",
             "verbose",
+            "gauss_newton",
         ),
     )
 
@@ -299,6 +335,8 @@ def minimize(
     optimizer: optax.GradientTransformation,
     *,
     args: tuple[Any, ...] = (),
+    model_fn: Callable[..., Any] | None = None,
+    output_loss_fn: Callable[..., jax.Array] | None = None,
     max_steps: int = 1000,
     gtol: float = 1e-6,
     record_history: bool = False,
@@ -342,11 +380,9 @@ def minimize(
     backtracking line searches; see :func:`so_opt.value_and_grad_from_state`).
     Plain optax transforms
     (``optax.sgd``) are wrapped with ``optax.with_extra_args_support``, so
-    they ignore the extra arguments. Only ``value``, ``grad`` and
-    ``value_fn`` are passed: an optimizer that needs more, such as
-    :func:`so_opt.hessian_free` with its default Gauss-Newton curvature
-    (``model_fn``, ``output_loss_fn``), runs in a manual loop, or here with
-    ``curvature="hessian"``.
+    they ignore the extra arguments. With ``model_fn`` and
+    ``output_loss_fn`` given, they are passed too, as the Gauss-Newton
+    curvature of :func:`so_opt.hessian_free` needs.
 
     Args:
       fun: loss ``fun(params, *args)``, returning a scalar; must be hashable
@@ -355,6 +391,10 @@ def minimize(
       optimizer: an optax ``GradientTransformation`` (so_opt or optax).
       args: a tuple of further arguments of ``fun`` (data, targets), traced:
         new values of the same shapes reuse the compiled loop.
+      model_fn: ``model_fn(params, *args) -> outputs``, for Gauss-Newton
+        curvature; give it with ``output_loss_fn``, such that
+        ``fun(params, *args) == output_loss_fn(model_fn(params, *args), *args)``.
+      output_loss_fn: ``output_loss_fn(outputs, *args) -> scalar``.
       max_steps: most optimizer updates, >= 1.
       gtol: stop when the gradient's Euclidean norm is at most this, >= 0.
       record_history: keep the loss after every step in ``history``.
@@ -381,7 +421,8 @@ def minimize(
         transformation (there the caller's outermost ``jax.jit`` compiles
         the loop, and so_opt's own choice is dropped too).
       TypeError: for a ``fun`` that is not a hashable function or does not
-        return a floating-point scalar, an ``optimizer`` that is not a
+        return a floating-point scalar, a ``model_fn`` or ``output_loss_fn``
+        alone or not a hashable function, an ``optimizer`` that is not a
         ``GradientTransformation``, ``args`` that are not a tuple, params
         that are not floating point, flags that are
         not bools, or ``compiler_options`` that are not a mapping of names
@@ -398,7 +439,7 @@ def minimize(
       Nocedal and Wright, *Numerical Optimization*, 2nd ed., Springer, 2006,
       Chapter 3 (line-search methods and their stopping tests).
     """
-    _check_static_args(fun, optimizer)
+    _check_static_args(fun, optimizer, model_fn, output_loss_fn)
     if not isinstance(args, tuple):
         raise TypeError(
             f"`args` must be a tuple of extra arguments of `fun`, got "
@@ -426,4 +467,5 @@ def minimize(
         bool(record_history),
         bool(keep_state),
         bool(verbose),
+        None if model_fn is None else (model_fn, output_loss_fn),
     )
