@@ -159,7 +159,13 @@ def _run_files(directory):
     found = {}
     for root, _, files in os.walk(os.path.join(directory, "runs")):
         for name in files:
-            found[os.path.join(root, name)] = os.path.getmtime(os.path.join(root, name))
+            path = os.path.join(root, name)
+            # While the study runs, a temporary file listed here can be
+            # renamed into place before it is stat'ed (the atomic write).
+            try:
+                found[path] = os.path.getmtime(path)
+            except FileNotFoundError:
+                continue
     return found
 
 
