@@ -340,6 +340,20 @@ def test_armijo_steps_lower_the_value_strictly_and_stop_at_the_floor(make):
     assert float(res.value) == pytest.approx(best, rel=1e-6)
 
 
+@pytest.mark.parametrize("make", [so_opt.lbfgs, so_opt.bfgs], ids=["lbfgs", "bfgs"])
+def test_strong_wolfe_stops_at_the_floor_too(make):
+    # The roundoff rule must not take a trial whose value and slope equal the
+    # reference as lower (the point did not move): without that guard both
+    # methods ran this float32 problem to max_steps at the floor.
+    p = breast_cancer_logreg(dtype="float32")
+    fun = lambda params: p.loss(params, p.train)
+    res = so_opt.minimize(fun, p.init_params(0), make(), gtol=1e-9, max_steps=1000)
+    assert int(res.status) == StatusCode.LINE_SEARCH_FAILED
+    assert int(res.num_steps) < 300
+    # The roundoff rule got it below what the values alone resolve.
+    assert float(res.grad_norm) < 1e-8
+
+
 def test_two_loop_helper_matches_dense_inverse():
     rng = np.random.default_rng(3)
     dim, m = 5, 4
